@@ -1,0 +1,1 @@
+"""Pico's Ray layer and thin command lines: the search trainable, searcher and results export."""

@@ -1,0 +1,1 @@
+"""Command-line logic behind the thin scripts in launch/: importable and tested."""

@@ -1,0 +1,300 @@
+"""The one training loop for every architecture.
+
+    result = train(cfg, data, on_eval=callback)
+
+Every `eval_interval` steps (and at the last step) the model is scored on the fixed evaluation
+set and the flat metrics record (see pico/metrics.py) is handed to `on_eval(record, save)`, where
+`save(folder)` writes a checkpoint from which `train(..., resume_from=folder)` continues exactly as
+an uninterrupted run would. A NaN or infinite loss ends the run with status "diverged": the last
+record carries `diverged=True` and nothing is raised.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+
+from pico.checkpoint import load_checkpoint, restore_rng_state, save_checkpoint
+from pico.config import TrainConfig
+from pico.errors import PicoError
+from pico.metrics import build_eval_set, evaluate, training_record
+from pico.models import build_model
+from pico.optim import lr_at, make_optimizer
+
+SaveCheckpoint = Callable[[Path], Path]
+EvalCallback = Callable[[dict[str, Any], SaveCheckpoint], None]
+
+
+class TrainingData(Protocol):
+    """What the loop needs of prepared data (pico.data.PreparedData has it)."""
+
+    train: np.ndarray
+    val: np.ndarray
+    vocab_size: int
+    tokenizer: Any
+    fingerprint: str
+
+
+@dataclass
+class TrainResult:
+    """How a run ended: "completed" or "diverged", with its last metrics record."""
+
+    status: str
+    metrics: dict[str, Any]
+    model: torch.nn.Module = field(repr=False)
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch (all devices) so that a CPU run is reproducible."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def resolve_device(name: str) -> torch.device:
+    """Map "auto" to the best available device."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    return torch.device(name)
+
+
+class BatchSampler:
+    """Random training windows, drawn from a generator of its own so that resume is exact."""
+
+    def __init__(self, tokens: np.ndarray, cfg: TrainConfig, device: torch.device):
+        if len(tokens) <= cfg.block_size + 1:
+            raise PicoError(
+                f"the training split has {len(tokens)} tokens, fewer than block_size+2="
+                f"{cfg.block_size + 2}: use a larger corpus or a smaller block size"
+            )
+        self.tokens = tokens
+        self.block_size = cfg.block_size
+        self.batch_size = cfg.batch_size
+        self.device = device
+        self.generator = torch.Generator().manual_seed(cfg.seed)
+
+    def next(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """One batch of inputs and next-token targets, (batch_size, block_size) each."""
+        high = len(self.tokens) - self.block_size - 1
+        starts = torch.randint(high, (self.batch_size,), generator=self.generator).tolist()
+        rows = np.stack([self.tokens[s : s + self.block_size + 1] for s in starts])
+        batch = torch.from_numpy(rows.astype(np.int64))
+        if self.device.type == "cuda":
+            batch = batch.pin_memory().to(self.device, non_blocking=True)
+        else:
+            batch = batch.to(self.device)
+        return batch[:, :-1], batch[:, 1:]
+
+
+def train(
+    cfg: TrainConfig,
+    data: TrainingData,
+    *,
+    on_eval: EvalCallback | None = None,
+    resume_from: str | Path | None = None,
+    out_dir: str | Path | None = None,
+    progress: bool = False,
+) -> TrainResult:
+    """Train one model from `cfg` on `data`; see the module docstring for the protocol."""
+    cfg.validate()
+    seed_everything(cfg.seed)
+    if cfg.num_threads:
+        torch.set_num_threads(cfg.num_threads)
+    run = _Run(cfg, data, resolve_device(cfg.device))
+    if resume_from is not None:
+        run.restore(resume_from)
+    bar = _progress_bar(cfg, run.counters["step"]) if progress else None
+
+    status, record = "completed", {}
+    while run.counters["step"] < cfg.max_steps:
+        loss = run.train_step()
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss:.3f}")
+        diverged = not np.isfinite(loss) or not np.isfinite(run.grad_norm)
+        step = run.counters["step"]
+        if diverged or step % cfg.eval_interval == 0 or step == cfg.max_steps:
+            record = run.evaluate(diverged)
+            save = functools.partial(run.save, record=dict(record))
+            if out_dir is not None:
+                _write_outputs(Path(out_dir), record, save)
+            if on_eval is not None:
+                on_eval(record, save)
+            if bar is not None:
+                bar.write(_format_record(record))
+        if diverged:
+            status = "diverged"
+            break
+    if bar is not None:
+        bar.close()
+    return TrainResult(status=status, metrics=record, model=run.model)
+
+
+class _Run:
+    """The live state of one run: model, optimizer, sampler, counters and timers."""
+
+    def __init__(self, cfg: TrainConfig, data: TrainingData, device: torch.device):
+        self.cfg, self.data, self.device = cfg, data, device
+        self.model = build_model(cfg, data.vocab_size).to(device)
+        # Compile only the training path; evaluation and decoding use the plain module.
+        self.step_model = torch.compile(self.model) if cfg.compile else self.model
+        self.optimizer = make_optimizer(self.model, cfg, device)
+        self.batches = BatchSampler(data.train, cfg, device)
+        self.eval_set = build_eval_set(data.val, cfg.block_size, cfg.eval_tokens)
+        self.autocast_dtype = torch.bfloat16 if cfg.dtype == "bfloat16" else None
+        self.counters: dict[str, Any] = {"step": 0, "tokens_seen": 0, "elapsed_s": 0.0}
+        self.tokens_per_step = cfg.batch_size * cfg.grad_accum * cfg.block_size
+        self.wall_start = time.perf_counter()
+        self._reset_window()
+
+    def _reset_window(self) -> None:
+        """Start a new averaging window for train_loss and tokens_per_s."""
+        self.loss_sum, self.loss_count, self.train_time = 0.0, 0, 0.0
+        self.grad_norm, self.lr = float("nan"), float("nan")
+
+    def train_step(self) -> float:
+        """One optimizer step (skipped if the loss is not finite); returns the mean loss."""
+        self.lr = lr_at(self.counters["step"], self.cfg)
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.lr
+        t0 = time.perf_counter()
+        loss = _accumulate_gradients(
+            self.step_model, self.batches, self.cfg, self.device, self.autocast_dtype
+        )
+        self.grad_norm = _clip(self.model, self.cfg.grad_clip)
+        if np.isfinite(loss) and np.isfinite(self.grad_norm):
+            self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        _synchronize(self.device)
+        self.train_time += time.perf_counter() - t0
+        self.loss_sum += loss
+        self.loss_count += 1
+        self.counters["step"] += 1
+        self.counters["tokens_seen"] += self.tokens_per_step
+        return loss
+
+    def evaluate(self, diverged: bool) -> dict[str, Any]:
+        """Score on the fixed evaluation set (not when diverged) and build the record."""
+        scores = None
+        if not diverged:
+            scores = evaluate(
+                self.model,
+                self.eval_set,
+                self.data.tokenizer.token_bytes,
+                batch_size=self.cfg.batch_size,
+                device=self.device,
+                autocast_dtype=self.autocast_dtype,
+            )
+        self.counters["elapsed_s"] = time.perf_counter() - self.wall_start
+        record = training_record(
+            model=self.model,
+            counters=self.counters,
+            train_loss=self.loss_sum / self.loss_count,
+            scores=scores,
+            grad_norm=self.grad_norm,
+            lr=self.lr,
+            tokens_per_s=self.loss_count * self.tokens_per_step / max(self.train_time, 1e-9),
+        )
+        self._reset_window()
+        return record
+
+    def save(self, folder: str | Path, record: dict[str, Any]) -> Path:
+        """Checkpoint everything needed to continue exactly from here."""
+        trainer_state = {
+            **self.counters,
+            "optimizer": self.optimizer.state_dict(),
+            "torch_rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            "batch_rng": self.batches.generator.get_state(),
+        }
+        meta = {"vocab_size": self.data.vocab_size, "data_fingerprint": self.data.fingerprint}
+        return save_checkpoint(
+            folder,
+            cfg=self.cfg,
+            model=self.model,
+            trainer_state=trainer_state,
+            meta={**meta, **record},
+            tokenizer=self.data.tokenizer,
+        )
+
+    def restore(self, folder: str | Path) -> None:
+        """Load a checkpoint into the live objects, RNG states and counters included."""
+        ckpt = load_checkpoint(folder, map_location=self.device)
+        self.model.load_state_dict(ckpt.model_state)
+        state = ckpt.trainer_state
+        self.optimizer.load_state_dict(state["optimizer"])
+        torch.set_rng_state(state["torch_rng"].cpu())
+        if state["cuda_rng"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda_rng"]])
+        self.batches.generator.set_state(state["batch_rng"].cpu())
+        restore_rng_state(ckpt.rng_state)
+        self.counters = {key: state[key] for key in ("step", "tokens_seen", "elapsed_s")}
+        # Wall time continues from where the checkpointed run stood.
+        self.wall_start = time.perf_counter() - self.counters["elapsed_s"]
+
+
+def _accumulate_gradients(
+    model: torch.nn.Module,
+    batches: BatchSampler,
+    cfg: TrainConfig,
+    device: torch.device,
+    autocast_dtype: torch.dtype | None,
+) -> float:
+    """Forward and backward over `grad_accum` micro-batches; returns their mean loss."""
+    total = 0.0
+    for _ in range(cfg.grad_accum):
+        x, y = batches.next()
+        with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+            _, loss = model(x, y)
+        (loss / cfg.grad_accum).backward()
+        total += loss.item()
+    return total / cfg.grad_accum
+
+
+def _clip(model: torch.nn.Module, max_norm: float) -> float:
+    """Global gradient norm before clipping; clip to `max_norm` unless it is 0."""
+    limit = max_norm if max_norm > 0 else float("inf")
+    return float(torch.nn.utils.clip_grad_norm_(model.parameters(), limit))
+
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _write_outputs(out_dir: Path, record: dict[str, Any], save: SaveCheckpoint) -> None:
+    """Append the record to metrics.jsonl and refresh the checkpoint in `out_dir`."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with open(out_dir / "metrics.jsonl", "a") as f:
+        f.write(json.dumps(record) + "\n")
+    save(out_dir / "checkpoint")
+
+
+def _progress_bar(cfg: TrainConfig, start: int):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=cfg.max_steps, initial=start, desc=f"train {cfg.arch}", unit="step")
+
+
+def _format_record(record: dict[str, Any]) -> str:
+    if record.get("diverged"):
+        return f"step {record['step']}: diverged (train_loss={record['train_loss']})"
+    return (
+        f"step {record['step']:>6}  train_loss {record['train_loss']:.4f}  "
+        f"val_loss {record['val_loss']:.4f}  ppl {record['perplexity']:.2f}  "
+        f"acc {record['token_accuracy']:.3f}  bpb {record['val_bpb']:.3f}  "
+        f"{record['tokens_per_s']:.0f} tok/s"
+    )

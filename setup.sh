@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Install what Pico needs on a fresh machine: PyTorch (the CPU build unless one is installed),
+# the project and its dev tools in editable mode, and Chromium for the report's browser test.
+set -euo pipefail
+cd "$(dirname "$0")"
+
+if ! python3 -c "import torch" 2>/dev/null; then
+    # A bare `torch` requirement would pull a multi-GB CUDA build; 2.13.0 is the CPU build.
+    python3 -m pip install -q "torch==2.13.0"
+fi
+python3 -m pip install -q -e ".[dev]"
+
+if ! command -v chromium >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    echo "setup: installing Chromium (for the report's browser test)"
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+fi
+echo "setup: done"

@@ -1,0 +1,158 @@
+"""The training loop: reproducibility, exact resume, divergence, the schedule, honest metrics."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from pico.config import TrainConfig
+from pico.data import prepare_data
+from pico.metrics import PAD_TARGET, build_eval_set, evaluate
+from pico.models import build_model
+from pico.optim import lr_at
+from pico.train import train
+
+TIMING_FIELDS = ("tokens_per_s", "elapsed_s")
+ARCHS = ("kgram_mlp", "lstm", "kv_transformer")
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    """The synthetic 3seqs corpus with a character tokenizer: small and quick to prepare."""
+    return prepare_data("3seqs", "char", cache_dir=tmp_path_factory.mktemp("cache"))
+
+
+def tiny(arch: str, **changes) -> TrainConfig:
+    """A model small enough that a few dozen steps take well under a second."""
+    base = dict(
+        arch=arch,
+        corpus="3seqs",
+        tokenizer="char",
+        d_model=16,
+        n_layer=1,
+        n_head=2,
+        hidden_size=24,
+        k=3,
+        block_size=16,
+        batch_size=4,
+        max_steps=12,
+        eval_interval=4,
+        eval_tokens=200,
+        warmup_steps=2,
+        dropout=0.1,
+        num_threads=1,
+    )
+    return TrainConfig(**{**base, **changes}).validate()
+
+
+def collect(cfg: TrainConfig, data, **kwargs) -> list[dict]:
+    records: list[dict] = []
+    train(cfg, data, on_eval=lambda record, save: records.append(record), **kwargs)
+    return records
+
+
+def without_timing(records: list[dict]) -> list[dict]:
+    return [{k: v for k, v in r.items() if k not in TIMING_FIELDS} for r in records]
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_same_config_and_seed_give_the_same_metrics(arch, data):
+    cfg = tiny(arch)
+    first, second = collect(cfg, data), collect(cfg, data)
+    assert [r["step"] for r in first] == [4, 8, 12]
+    assert without_timing(first) == without_timing(second)
+    assert without_timing(first) != without_timing(collect(cfg.replace(seed=1), data))
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_resumed_run_continues_exactly_as_an_uninterrupted_one(arch, data, tmp_path):
+    cfg = tiny(arch, grad_accum=2)
+    uninterrupted = collect(cfg, data)
+
+    class Crash(Exception):
+        pass
+
+    def crash_after_first_eval(record, save):
+        save(tmp_path / "ckpt")
+        raise Crash
+
+    with pytest.raises(Crash):
+        train(cfg, data, on_eval=crash_after_first_eval)
+    resumed = collect(cfg, data, resume_from=tmp_path / "ckpt")
+    assert [r["step"] for r in resumed] == [8, 12]
+    assert without_timing(resumed) == without_timing(uninterrupted[1:])
+
+
+def test_nan_loss_ends_the_run_as_diverged_without_raising(data):
+    result = train(tiny("kv_transformer", lr=1e12, min_lr=0.0, grad_clip=0.0, warmup_steps=0), data)
+    assert result.status == "diverged"
+    assert result.metrics["diverged"] is True
+    assert math.isnan(result.metrics["val_loss"])
+    assert result.metrics["step"] < 12
+
+
+def test_lr_schedule_warms_up_then_decays_to_the_floor():
+    cfg = TrainConfig(lr=1.0, min_lr=0.1, warmup_steps=10, max_steps=110)
+    assert lr_at(0, cfg) == pytest.approx(0.1)
+    assert lr_at(9, cfg) == pytest.approx(1.0)
+    assert lr_at(60, cfg) == pytest.approx(0.55)
+    assert lr_at(110, cfg) == pytest.approx(0.1)
+    assert all(lr_at(s, cfg) >= lr_at(s + 1, cfg) for s in range(10, 110))
+
+
+def test_eval_set_scores_the_same_targets_for_every_block_size():
+    val = np.arange(1000) % 97
+    sets = [build_eval_set(val, block, eval_tokens=300) for block in (7, 16, 300, 512)]
+    for s in sets:
+        assert s.n_targets == 300
+        real = s.targets[s.targets != PAD_TARGET]
+        assert torch.equal(real, torch.as_tensor(val[1:301]))
+
+
+def test_padding_is_never_counted(data):
+    """Metrics equal a hand computation over real targets, whatever sits in the padding."""
+    cfg = tiny("kv_transformer")
+    model = build_model(cfg, data.vocab_size).eval()
+    eval_set = build_eval_set(data.val, cfg.block_size, eval_tokens=37)  # 3 windows, 11 padded
+    scores = evaluate(model, eval_set, data.tokenizer.token_bytes)
+
+    with torch.no_grad():
+        logits, _ = model(eval_set.inputs)
+    mask = eval_set.targets != PAD_TARGET
+    logp = torch.log_softmax(logits[mask], -1)
+    nll = -logp.gather(1, eval_set.targets[mask][:, None]).squeeze(1)
+    assert mask.sum() == 37
+    assert scores["val_loss"] == pytest.approx(float(nll.mean()), rel=1e-5)
+    assert scores["perplexity"] == pytest.approx(math.exp(float(nll.mean())), rel=1e-5)
+    accuracy = (logits[mask].argmax(-1) == eval_set.targets[mask]).float().mean()
+    assert scores["token_accuracy"] == pytest.approx(float(accuracy))
+
+    # Changing padded inputs changes nothing: causal models never look ahead into padding.
+    noisy = eval_set.inputs.clone()
+    noisy[-1, 5:] = 1
+    noisy_set = type(eval_set)(noisy, eval_set.targets)
+    assert evaluate(model, noisy_set, data.tokenizer.token_bytes) == scores
+
+
+def test_bits_per_byte_matches_nats_for_a_one_byte_per_token_text(data):
+    """3seqs is ASCII: each char token is one byte, so bpb = val_loss / ln 2 (no eot target)."""
+    cfg = tiny("lstm")
+    model = build_model(cfg, data.vocab_size)
+    eval_set = build_eval_set(data.val, cfg.block_size, eval_tokens=100)
+    assert data.tokenizer.eot_id not in eval_set.targets.tolist()
+    scores = evaluate(model, eval_set, data.tokenizer.token_bytes)
+    assert scores["val_bpb"] == pytest.approx(scores["val_loss"] / math.log(2), rel=1e-9)
+
+
+def test_record_holds_every_documented_field(data, repo_root):
+    record = collect(tiny("kgram_mlp", max_steps=4), data)[-1]
+    documented = (repo_root / "docs" / "metrics.md").read_text()
+    for name in record:
+        assert f"`{name}`" in documented, f"{name} is not documented in docs/metrics.md"
+    assert record["tokens_seen"] == 4 * 4 * 16
+    assert record["train_flops"] == record["flops_per_token"] * record["tokens_seen"]
+    assert record["perplexity"] == pytest.approx(math.exp(record["val_loss"]))
+    assert 0 <= record["token_accuracy"] <= 1
