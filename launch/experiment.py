@@ -1,0 +1,288 @@
+"""The search runner: connect to Ray, prepare the data once, then run or resume a Tune experiment.
+
+    settings = SearchSettings(space="kv_transformer", name="demo", storage="/abs/experiments")
+    results = run_search(settings)          # the results Parquet file
+
+The Tuner combines the pieces of this package: the trainable (`launch/trainable.py`), the Optuna
+searcher that understands early stopping (`launch/searcher.py`), ASHA on val_loss, and the
+callbacks that keep the results file (`launch/export.py`) and wandb (`launch/tracking.py`) current.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import platform
+import socket
+import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
+from importlib import metadata as importlib_metadata
+from pathlib import Path
+from typing import Any
+
+from launch.export import ResultsExporter, utc_now
+from launch.results import ResultsTable
+from launch.settings import ASHA_METRIC, SearchSettings, check_storage, validate
+from launch.trainable import TrialSettings, param_space, train_trial, trial_config
+from pico.errors import PicoError
+
+REPO = Path(__file__).resolve().parents[1]
+CONNECT_TIMEOUT_S = 5.0
+PACKAGES = ("torch", "ray", "optuna", "pyarrow", "pandas", "numpy", "wandb")
+
+
+def run_search(
+    settings: SearchSettings,
+    *,
+    resume: bool = False,
+    verbosity: int = 1,
+    address: str | None = None,
+    command: str = "",
+    dashboard: bool = True,
+) -> Path:
+    """Run (or resume) the search described by `settings`; return the results file's path."""
+    validate(settings)
+    check_storage(settings, resume)
+    with connected_ray(address, verbosity, dashboard):
+        data = prepare(settings, verbosity)
+        if not resume:
+            settings.save()
+        tuner = make_tuner(settings, data, resume=resume, verbosity=verbosity, command=command)
+        tuner.fit()
+    return settings.results_path
+
+
+@contextmanager
+def connected_ray(address: str | None, verbosity: int, dashboard: bool) -> Iterator[None]:
+    """Connect to the cluster at `address`, or start Ray on this machine; shut it down after.
+
+    An already running Ray in this process (the test suite's) is used as is and left running.
+    """
+    import ray
+
+    if ray.is_initialized():
+        yield
+        return
+    if address:
+        check_reachable(address)
+    local = {} if address else {"include_dashboard": dashboard}
+    try:
+        ray.init(
+            address=address,
+            logging_level=logging.INFO if verbosity >= 2 else logging.WARNING,
+            log_to_driver=verbosity >= 2,
+            **local,
+        )
+    except (ConnectionError, TimeoutError, RuntimeError) as exc:
+        raise PicoError(f"cannot start or join Ray at {address or 'this machine'}: {exc}") from None
+    try:
+        yield
+    finally:
+        ray.shutdown()
+
+
+def check_reachable(address: str, timeout: float = CONNECT_TIMEOUT_S) -> None:
+    """Fail fast (PicoError) when nothing listens at a `host:port` or `ray://host:port` address,
+    rather than letting Ray retry for a minute."""
+    if address == "auto":
+        return
+    host, _, port = address.split("://")[-1].rpartition(":")
+    if not host or not port.isdigit():
+        raise PicoError(f"--address must be host:port, ray://host:port or auto, got {address!r}")
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout).close()
+    except OSError as exc:
+        raise PicoError(f"cannot reach a Ray cluster at {address}: {exc}") from None
+
+
+def prepare(settings: SearchSettings, verbosity: int = 1) -> Any:
+    """Prepare (or load from the cache) the corpus once, in the driver, before any trial."""
+    from pico.data import prepare_data
+
+    data = prepare_data(
+        settings.corpus,
+        settings.tokenizer,
+        cache_dir=settings.cache_dir,
+        max_docs=settings.max_docs,
+    )
+    if verbosity >= 1:
+        print(
+            f"data: {settings.corpus} / {settings.tokenizer}, {len(data.train):,} train and "
+            f"{len(data.val):,} val tokens, vocab {data.vocab_size} ({data.path})"
+        )
+    return data
+
+
+def make_tuner(
+    settings: SearchSettings, data: Any, *, resume: bool, verbosity: int, command: str
+) -> Any:
+    """A Tuner for a new experiment, or the interrupted one restored from its storage."""
+    from ray import tune
+
+    # A checkpoint at every evaluation forces a state snapshot each time (num_to_keep=1): by
+    # design here, and cheap for small models, so Tune need not warn about it.
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    space = param_space(
+        settings.fixed_fields(), TrialSettings(str(Path(data.path).resolve()), settings.max_docs)
+    )
+    trainable = tune.with_resources(
+        named_trainable(settings.name),
+        {"cpu": settings.cpus_per_trial, "gpu": settings.gpus_per_trial},
+    )
+    if resume:
+        # The searcher (with its Optuna study), scheduler and callbacks come back from the
+        # experiment's state; unfinished trials continue from their last checkpoints.
+        return tune.Tuner.restore(
+            settings.experiment_path, trainable, resume_unfinished=True, param_space=space
+        )
+    namer = TrialNamer()
+    return tune.Tuner(
+        trainable,
+        param_space=space,
+        tune_config=tune.TuneConfig(
+            search_alg=make_searcher(settings),
+            scheduler=make_scheduler(settings),
+            num_samples=settings.num_samples,
+            max_concurrent_trials=settings.max_concurrent,
+            time_budget_s=settings.time_budget_s,
+            reuse_actors=True,
+            trial_name_creator=namer,
+            trial_dirname_creator=namer,
+        ),
+        run_config=tune.RunConfig(
+            name=settings.name,
+            storage_path=settings.storage,
+            failure_config=tune.FailureConfig(max_failures=settings.max_failures),
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+            callbacks=make_callbacks(settings, data, command),
+            verbose=verbosity,
+        ),
+    )
+
+
+def named_trainable(experiment: str):
+    """The trainable under a name that shows the experiment (in Ray's dashboard and logs)."""
+
+    def trial(config: dict[str, Any]) -> None:
+        train_trial(config)
+
+    trial.__name__ = trial.__qualname__ = f"pico_{experiment}"
+    return trial
+
+
+class TrialNamer:
+    """Trial names and folder names a person recognises: `<arch>_<trial id>`."""
+
+    def __call__(self, trial: Any) -> str:
+        return f"{trial_config(trial.config).arch}_{trial.trial_id}"
+
+
+def make_searcher(settings: SearchSettings) -> Any:
+    """The Optuna searcher over the space, writing its study to the Optuna storage."""
+    import optuna
+
+    from launch.searcher import PicoOptunaSearch, make_sampler
+    from search_spaces import get_space, warm_start_points
+
+    metrics = settings.metrics
+    single = len(metrics) == 1
+    points = warm_start_points(settings.space)
+    if settings.space != "seed22" and not settings.warm_start:
+        points = []
+    try:
+        storage = optuna.storages.RDBStorage(settings.optuna_url)
+    except Exception as exc:  # SQLAlchemy raises many kinds for a bad URL or database
+        raise PicoError(f"cannot open the Optuna storage {settings.optuna_url}: {exc}") from None
+    return PicoOptunaSearch(
+        get_space(settings.space),
+        metric=metrics[0][0] if single else [m for m, _ in metrics],
+        mode=metrics[0][1] if single else [mode for _, mode in metrics],
+        max_steps=settings.max_steps,
+        points_to_evaluate=points or None,
+        sampler=make_sampler(settings.sampler, settings.seed, len(metrics)),
+        study_name=settings.name,
+        storage=storage,
+    )
+
+
+def make_scheduler(settings: SearchSettings) -> Any:
+    """ASHA on val_loss, by optimizer step; or FIFO (every trial runs to max_steps)."""
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+
+    if settings.scheduler == "fifo":
+        return FIFOScheduler()
+    return ASHAScheduler(
+        time_attr="step",
+        metric=ASHA_METRIC,
+        mode="min",
+        max_t=settings.max_steps,
+        grace_period=settings.grace_period,
+        reduction_factor=settings.reduction_factor,
+    )
+
+
+def make_callbacks(settings: SearchSettings, data: Any, command: str) -> list[Any]:
+    """The results exporter, and the wandb tracker when asked for."""
+    table = ResultsTable(
+        settings.results_path, settings.name, experiment_metadata(settings, data, command)
+    )
+    callbacks: list[Any] = [ResultsExporter(table, settings.max_steps, settings.asha_milestones())]
+    if settings.wandb != "off":
+        from launch.tracking import WandbTracker
+
+        folder = str(settings.local_folder)
+        callbacks.append(WandbTracker(settings.wandb, settings.name, folder=folder))
+    return callbacks
+
+
+def experiment_metadata(settings: SearchSettings, data: Any, command: str) -> dict[str, Any]:
+    """The `pico` metadata of the results file (docs/results.md)."""
+    scheduler = {"name": settings.scheduler, "time_attr": "step", "max_t": settings.max_steps}
+    if settings.scheduler == "asha":
+        scheduler.update(
+            metric=ASHA_METRIC,
+            grace_period=settings.grace_period,
+            reduction_factor=settings.reduction_factor,
+            milestones=settings.asha_milestones(),
+        )
+    directions = {"min": "minimize", "max": "maximize"}
+    return {
+        "space": settings.space,
+        "sampler": settings.sampler,
+        "scheduler": scheduler,
+        "objectives": [{"name": m, "direction": directions[mode]} for m, mode in settings.metrics],
+        "corpus": settings.corpus,
+        "tokenizer": settings.tokenizer,
+        "corpus_fingerprint": data.manifest.get("corpus_fingerprint"),
+        "data_fingerprint": data.fingerprint,
+        "versions": package_versions(),
+        "git_commit": git_commit(),
+        "command": command,
+        "num_samples": settings.num_samples,
+        "optuna_storage": settings.optuna_url,
+        "started_at": utc_now(),
+        "ended_at": None,
+    }
+
+
+def package_versions() -> dict[str, str]:
+    """Versions of Python and the packages that shape the results."""
+    versions = {"python": platform.python_version()}
+    for name in PACKAGES:
+        try:
+            versions[name] = importlib_metadata.version(name)
+        except importlib_metadata.PackageNotFoundError:
+            continue
+    return versions
+
+
+def git_commit() -> str | None:
+    """The repository's HEAD commit, or None outside a git checkout."""
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True, timeout=5
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return out.stdout.strip() or None

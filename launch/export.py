@@ -1,0 +1,130 @@
+"""A Tune callback that keeps the results Parquet file up to date while the search runs.
+
+Every result, checkpoint, retry and ending updates the trial's record; the file is rewritten
+atomically at most every `min_interval_s` seconds, and at once when a trial ends and when the
+experiment does. A crash therefore leaves the last good file, and a resumed search starts from
+it: the first step reloads the trials that Tune restored, and a trial re-reporting steps after a
+retry replaces its rows from that step on, so every trial appears exactly once.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+from ray.tune import Callback
+from ray.tune.experiment import Trial
+
+from launch.results import ResultsTable, TrialRecord
+from launch.trainable import trial_config
+
+logger = logging.getLogger(__name__)
+
+
+def asha_milestones(grace_period: int, max_t: int, reduction_factor: float) -> list[float]:
+    """The steps at which ASHA compares trials: Ray's formula for its single bracket."""
+    n_rungs = int(math.log(max_t / grace_period) / math.log(reduction_factor) + 1)
+    return [grace_period * reduction_factor**k for k in range(n_rungs)]
+
+
+def final_status(result: dict[str, Any], max_steps: int) -> str:
+    """How a trial that Tune reports as finished ended, from its last result.
+
+    Tune marks a result `done` when the trial's function returned or when the scheduler decided
+    to stop it there; a trial stopped from outside (time budget, interrupt) has no such mark.
+    """
+    if result.get("diverged"):
+        return "diverged"
+    if result.get("step", 0) >= max_steps:
+        return "completed"
+    return "early_stopped" if result.get("done") else "stopped"
+
+
+def utc_now() -> str:
+    """The current time, ISO 8601 in UTC."""
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+class ResultsExporter(Callback):
+    """Feeds a `ResultsTable` from Tune's events and writes it (see the module docstring)."""
+
+    def __init__(
+        self,
+        table: ResultsTable,
+        max_steps: int,
+        milestones: list[float] | None = None,
+        min_interval_s: float = 2.0,
+    ):
+        self.table = table
+        self.max_steps = max_steps
+        self.milestones = milestones or []
+        self.min_interval_s = min_interval_s
+        self._loaded = False
+        self._dirty = False
+        self._last_write = 0.0
+
+    def _record(self, trial: Trial) -> TrialRecord:
+        return self.table.trial(trial.trial_id, trial_config(trial.config).to_dict())
+
+    def _write(self, force: bool = False) -> None:
+        if not force and time.monotonic() - self._last_write < self.min_interval_s:
+            self._dirty = True
+            return
+        try:
+            self.table.write()
+        except OSError as exc:  # a full disk must not stop the search; the old file stays
+            logger.warning("could not write %s: %s", self.table.path, exc)
+        self._dirty, self._last_write = False, time.monotonic()
+
+    def on_step_begin(self, iteration: int, trials: list[Trial], **info: Any) -> None:
+        if not self._loaded:  # first step: a resumed search continues from the last file
+            self._loaded = True
+            self.table.load(keep={t.trial_id for t in trials})
+
+    def on_step_end(self, iteration: int, trials: list[Trial], **info: Any) -> None:
+        if self._dirty:
+            self._write()
+
+    def on_trial_result(self, iteration: int, trials: list[Trial], trial: Trial, result, **info):
+        record = self._record(trial)
+        record.add_eval(result)
+        record.status = "diverged" if result.get("diverged") else "running"
+        record.rung = sum(1 for m in self.milestones if record.last_step >= m)
+        record.node = result.get("node_ip", record.node)
+        record.device = result.get("device", record.device)
+        record.decode_latency_ms = result.get("decode_latency_ms", record.decode_latency_ms)
+        record.retries = trial.num_failures
+        self._write()
+
+    def on_checkpoint(self, iteration: int, trials: list[Trial], trial: Trial, checkpoint, **info):
+        fs = checkpoint.filesystem.type_name
+        path = checkpoint.path if fs == "local" else f"{fs}://{checkpoint.path}"
+        self._record(trial).checkpoint = path
+        self._dirty = True
+
+    def on_trial_recover(self, iteration: int, trials: list[Trial], trial: Trial, **info):
+        self._record(trial).retries = trial.num_failures
+
+    def on_trial_complete(self, iteration: int, trials: list[Trial], trial: Trial, **info):
+        record = self._record(trial)
+        record.status = final_status(trial.last_result, self.max_steps)
+        self._write(force=True)
+
+    def on_trial_error(self, iteration: int, trials: list[Trial], trial: Trial, **info):
+        record = self._record(trial)
+        record.status, record.retries = "errored", trial.num_failures
+        record.error = _last_line(trial.get_error() or "") or "error (no message)"
+        self._write(force=True)
+
+    def on_experiment_end(self, trials: list[Trial], **info: Any) -> None:
+        self.table.metadata["ended_at"] = utc_now()
+        self._write(force=True)
+
+
+def _last_line(text: str) -> str:
+    """The last non-empty line of a traceback: the exception and its message."""
+    lines = [line.strip() for line in str(text).splitlines() if line.strip()]
+    return lines[-1] if lines else ""

@@ -1,0 +1,181 @@
+"""Hyperparameter search with Ray Tune, Optuna and ASHA: `python launch/search.py --help`.
+
+    python launch/search.py --space kv_transformer          # a local search, ~5 minutes on 2 CPUs
+    python launch/search.py --name demo --resume            # continue an interrupted one
+    python launch/search.py --address head:6379 --gpus-per-trial 0.25 --num-samples 200
+
+The logic lives in launch/experiment.py; this file only turns flags into `SearchSettings`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import shlex
+import sys
+import time
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a script: make the repository importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from launch.settings import OBJECTIVES, SAMPLERS, SCHEDULERS, WANDB_MODES, SearchSettings
+from pico.errors import ArgumentParser, PicoError, run_cli
+from search_spaces import SPACES
+
+# Flags that a resumed search may change: they do not alter what the experiment computes.
+RESUME_FLAGS = {"name", "storage", "resume", "address", "verbose", "quiet", "dashboard"}
+EXIT_INTERRUPTED = 130
+
+
+def build_parser() -> ArgumentParser:
+    """Every flag of the search command; settings flags default to None (= not given)."""
+    d = SearchSettings()
+    p = ArgumentParser(
+        prog="launch/search.py",
+        description="Search hyperparameters of small language models with Ray Tune + Optuna.",
+    )
+    p.add_argument("--space", help=f"search space: {' | '.join(SPACES)} [{d.space}]")
+    p.add_argument("--num-samples", type=int, help="trials [16; 22 for seed22]")
+    p.add_argument("--max-steps", type=int, help=f"optimizer steps per full trial [{d.max_steps}]")
+    p.add_argument(
+        "--eval-interval", type=int, help=f"steps between evaluations [{d.eval_interval}]"
+    )
+    p.add_argument("--eval-tokens", type=int, help=f"validation targets scored [{d.eval_tokens}]")
+    p.add_argument(
+        "--time-budget", type=float, dest="time_budget_s", help="seconds for the whole search"
+    )
+    p.add_argument("--sampler", help=f"{' | '.join(SAMPLERS)} [{d.sampler}]")
+    p.add_argument("--objectives", help=f"comma-separated: {', '.join(OBJECTIVES)} [val_loss]")
+    p.add_argument("--scheduler", help=f"{' | '.join(SCHEDULERS)} [asha; fifo for seed22]")
+    p.add_argument(
+        "--grace-period", type=int, help=f"ASHA: steps before a first stop [{d.grace_period}]"
+    )
+    p.add_argument(
+        "--reduction-factor", type=float, help=f"ASHA: keep 1/rf per rung [{d.reduction_factor:g}]"
+    )
+    p.add_argument(
+        "--warm-start",
+        action="store_true",
+        default=None,
+        help="enqueue the seed22 configs that fit the space first",
+    )
+    p.add_argument("--seed", type=int, help=f"sampler and training seed [{d.seed}]")
+    p.add_argument("--name", help="experiment name [<space>-<date>-<time>]")
+    p.add_argument("--storage", help=f"experiments folder or URI [{d.storage}]")
+    p.add_argument("--output", help="results Parquet file [<storage>/<name>/results.parquet]")
+    p.add_argument("--optuna-storage", help="Optuna RDB URL [sqlite:///<storage>/<name>/optuna.db]")
+    p.add_argument("--corpus", help=f"training corpus [{d.corpus}]")
+    p.add_argument("--tokenizer", help=f"tokenizer spec [{d.tokenizer}]")
+    p.add_argument("--max-docs", type=int, help="cap on documents read (tinystories)")
+    p.add_argument("--cache-dir", help="prepared-data cache [$PICO_CACHE]")
+    p.add_argument("--address", help="existing Ray cluster: host:port, ray://host:port or auto")
+    p.add_argument(
+        "--cpus-per-trial",
+        type=float,
+        help=f"CPUs (torch threads) per trial [{d.cpus_per_trial:g}]",
+    )
+    p.add_argument("--gpus-per-trial", type=float, help="GPU share per trial, e.g. 0.25 [0]")
+    p.add_argument("--max-concurrent", type=int, help=f"trials at once [{d.max_concurrent}]")
+    p.add_argument(
+        "--max-failures", type=int, help=f"retries of a failing trial [{d.max_failures}]"
+    )
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue experiment --name after an interrupt or crash",
+    )
+    p.add_argument("--wandb", help=f"{' | '.join(WANDB_MODES)} [off]")
+    p.add_argument(
+        "--no-dashboard",
+        dest="dashboard",
+        action="store_false",
+        help="do not start Ray's dashboard",
+    )
+    loud = p.add_mutually_exclusive_group()
+    loud.add_argument("-q", "--quiet", action="store_true", help="only the final summary")
+    loud.add_argument("-v", "--verbose", action="store_true", help="per-trial results and Ray logs")
+    return p
+
+
+def given_settings(args) -> dict:
+    """The SearchSettings fields that were set on the command line."""
+    names = {f.name for f in dataclasses.fields(SearchSettings)}
+    values = {k: v for k, v in vars(args).items() if k in names and v is not None}
+    if "objectives" in values:
+        values["objectives"] = [name.strip() for name in values["objectives"].split(",")]
+    if "storage" in values and "://" not in values["storage"]:
+        values["storage"] = str(Path(values["storage"]).resolve())
+    if "output" in values:
+        values["output"] = str(Path(values["output"]).resolve())
+    return values
+
+
+def new_settings(given: dict) -> SearchSettings:
+    """Settings of a new experiment: the flags given, and defaults that suit the space."""
+    space = given.get("space", SearchSettings.space)
+    fixed_sweep = space == "seed22"
+    if fixed_sweep and given.get("warm_start"):
+        raise PicoError("--warm-start enqueues the seed22 configs; --space seed22 runs only them")
+    if given.get("scheduler") == "fifo" and {"grace_period", "reduction_factor"} & set(given):
+        raise PicoError(
+            "--grace-period and --reduction-factor are ASHA settings: drop --scheduler fifo"
+        )
+    defaults = {
+        "name": f"{space}-{time.strftime('%Y%m%d-%H%M%S')}",
+        "storage": str(Path(SearchSettings.storage).resolve()),
+        "num_samples": 22 if fixed_sweep else SearchSettings.num_samples,
+        "scheduler": "fifo" if fixed_sweep else SearchSettings.scheduler,
+    }
+    return SearchSettings(**{**defaults, **given})
+
+
+def resumed_settings(given: dict) -> SearchSettings:
+    """The saved settings of experiment --name; any other flag given must agree with them."""
+    if "name" not in given:
+        raise PicoError("--resume needs --name: the experiment to continue")
+    probe = new_settings({k: v for k, v in given.items() if k in ("name", "storage")})
+    folder = probe.local_folder
+    if not (folder / "search.json").is_file():
+        raise PicoError(f"nothing to resume: no experiment {probe.name!r} in {probe.storage}")
+    saved = SearchSettings.load(folder)
+    for key, value in given.items():
+        if key not in RESUME_FLAGS and getattr(saved, key) != value:
+            flag = "--" + key.replace("_", "-")
+            raise PicoError(
+                f"conflicting flags: experiment {saved.name!r} was started with {flag} "
+                f"{getattr(saved, key)!r}, not {value!r}; --resume continues it unchanged"
+            )
+    return saved
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the search command; 0 when done, 130 when interrupted (resume with --resume)."""
+    from launch.experiment import run_search
+    from launch.summary import summary_lines, unfinished
+
+    args = build_parser().parse_args(argv)
+    given = given_settings(args)
+    settings = resumed_settings(given) if args.resume else new_settings(given)
+    verbosity = 0 if args.quiet else 2 if args.verbose else 1
+    command = shlex.join(["python", "launch/search.py", *(sys.argv[1:] if argv is None else argv)])
+    run_search(
+        settings,
+        resume=args.resume,
+        verbosity=verbosity,
+        address=args.address,
+        command=command,
+        dashboard=args.dashboard,
+    )
+    print("\n".join(summary_lines(settings)))
+    left = unfinished(settings)
+    if left:
+        print(
+            f"interrupted with {left} trial(s) unfinished; continue with: python launch/search.py"
+            f" --name {settings.name} --storage {settings.storage} --resume"
+        )
+        return EXIT_INTERRUPTED
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_cli(main))

@@ -1,0 +1,221 @@
+"""What defines a search, checked before any work starts, and where its files go.
+
+An experiment lives in `<storage>/<name>/`: Ray Tune's state and trial folders, `search.json`
+(these settings, read back by `--resume`), `optuna.db` (the Optuna study, unless
+`optuna_storage` names another) and `results.parquet` (unless `output` names another file).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pico.config import TrainConfig
+from pico.errors import PicoError
+
+SETTINGS_FILE = "search.json"
+# Objective name -> (reported metric, Tune mode).
+OBJECTIVES = {
+    "val_loss": ("val_loss", "min"),
+    "val_bpb": ("val_bpb", "min"),
+    "perplexity": ("perplexity", "min"),
+    "token_accuracy": ("token_accuracy", "max"),
+    "n_params": ("n_params", "min"),
+    "flops": ("flops_per_token", "min"),
+    "decode_latency_ms": ("decode_latency_ms", "min"),
+}
+SCHEDULERS = ("asha", "fifo")
+SAMPLERS = ("tpe", "random", "cmaes", "nsga2", "gp")
+WANDB_MODES = ("off", "offline", "online")
+ASHA_METRIC = "val_loss"
+
+
+@dataclass
+class SearchSettings:
+    """Everything that defines a search; saved with the experiment so `--resume` needs only
+    its name."""
+
+    space: str = "all"
+    name: str = "search"
+    storage: str = "experiments"  # a folder (made absolute) or a URI (s3://, gs://, ...)
+    output: str | None = None  # results file; default <storage>/<name>/results.parquet
+    num_samples: int = 16
+    max_steps: int = 400
+    eval_interval: int = 50
+    eval_tokens: int = 4096
+    scheduler: str = "asha"
+    grace_period: int = 50
+    reduction_factor: float = 2.0
+    sampler: str = "tpe"
+    objectives: list[str] = field(default_factory=lambda: ["val_loss"])
+    warm_start: bool = False
+    seed: int = 0
+    corpus: str = TrainConfig.corpus
+    tokenizer: str = TrainConfig.tokenizer
+    max_docs: int | None = None
+    cache_dir: str | None = None
+    cpus_per_trial: float = 1.0
+    gpus_per_trial: float = 0.0
+    max_concurrent: int = 2
+    max_failures: int = 2
+    time_budget_s: float | None = None
+    optuna_storage: str | None = None  # an Optuna RDB URL; default SQLite in the experiment
+    wandb: str = "off"
+
+    # ------------------------------------------------------------------ derived paths
+
+    @property
+    def is_remote(self) -> bool:
+        """True when the experiment is stored under a URI rather than a local folder."""
+        return "://" in self.storage
+
+    @property
+    def experiment_path(self) -> str:
+        """Where Ray Tune keeps the experiment: a local folder or a URI."""
+        return f"{self.storage.rstrip('/')}/{self.name}"
+
+    @property
+    def local_folder(self) -> Path:
+        """Where this machine keeps the experiment's own files (the experiment folder itself,
+        or, for a URI storage, a local folder of the same name)."""
+        return Path(self.experiment_path) if not self.is_remote else Path(self.name).resolve()
+
+    @property
+    def results_path(self) -> Path:
+        """The results Parquet file."""
+        return Path(self.output) if self.output else self.local_folder / "results.parquet"
+
+    @property
+    def optuna_url(self) -> str:
+        """The Optuna storage URL: the given one, or SQLite in the experiment's local folder."""
+        return self.optuna_storage or f"sqlite:///{self.local_folder / 'optuna.db'}"
+
+    @property
+    def metrics(self) -> list[tuple[str, str]]:
+        """(metric, mode) of each objective, in order."""
+        return [OBJECTIVES[name] for name in self.objectives]
+
+    def asha_milestones(self) -> list[float]:
+        """The steps at which ASHA compares trials (none without ASHA)."""
+        from launch.export import asha_milestones
+
+        if self.scheduler != "asha":
+            return []
+        return asha_milestones(self.grace_period, self.max_steps, self.reduction_factor)
+
+    def fixed_fields(self) -> dict[str, Any]:
+        """TrainConfig fields that every trial shares (the space samples the others)."""
+        return {
+            "corpus": self.corpus,
+            "tokenizer": self.tokenizer,
+            "max_steps": self.max_steps,
+            "eval_interval": self.eval_interval,
+            "eval_tokens": self.eval_tokens,
+            "seed": self.seed,
+            "device": "cuda" if self.gpus_per_trial > 0 else "cpu",
+            "num_threads": max(1, int(self.cpus_per_trial)),
+        }
+
+    # --------------------------------------------------------------------- persistence
+
+    def save(self) -> None:
+        """Write the settings into the experiment's local folder."""
+        self.local_folder.mkdir(parents=True, exist_ok=True)
+        text = json.dumps(dataclasses.asdict(self), indent=2)
+        (self.local_folder / SETTINGS_FILE).write_text(text)
+
+    @classmethod
+    def load(cls, folder: Path) -> SearchSettings:
+        """Read the settings an experiment was started with."""
+        values = json.loads((folder / SETTINGS_FILE).read_text())
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in values.items() if k in known})
+
+
+def validate(settings: SearchSettings) -> None:
+    """Raise PicoError (one line) for any setting that cannot work."""
+    from search_spaces import get_space
+
+    get_space(settings.space)
+    _choice("sampler", settings.sampler, SAMPLERS)
+    _choice("scheduler", settings.scheduler, SCHEDULERS)
+    _choice("wandb mode", settings.wandb, WANDB_MODES)
+    for name in settings.objectives:
+        _choice("objective", name, tuple(OBJECTIVES))
+    if len(set(settings.objectives)) != len(settings.objectives) or not settings.objectives:
+        raise PicoError("--objectives must name each objective once, e.g. val_loss,n_params")
+    for name in ("num_samples", "max_steps", "eval_interval", "eval_tokens", "grace_period"):
+        _positive(name, getattr(settings, name))
+    for name in ("max_concurrent", "cpus_per_trial"):
+        _positive(name, getattr(settings, name))
+    if settings.time_budget_s is not None:
+        _positive("time_budget", settings.time_budget_s)
+    if settings.gpus_per_trial < 0 or settings.max_failures < 0:
+        raise PicoError("--gpus-per-trial and --max-failures must be >= 0")
+    if settings.reduction_factor <= 1:
+        raise PicoError(f"--reduction-factor must be > 1, got {settings.reduction_factor}")
+    if settings.scheduler == "asha" and settings.grace_period > settings.max_steps:
+        raise PicoError(
+            f"--grace-period ({settings.grace_period}) must not exceed --max-steps "
+            f"({settings.max_steps})"
+        )
+    if settings.sampler == "cmaes" and importlib.util.find_spec("cmaes") is None:
+        raise PicoError("the cmaes sampler needs the cmaes package: pip install cmaes")
+    if len(settings.objectives) > 1 and settings.sampler in ("cmaes", "gp"):
+        raise PicoError(f"the {settings.sampler} sampler optimises one objective; use tpe or nsga2")
+    if not settings.name or "/" in settings.name or settings.name.startswith("."):
+        raise PicoError(f"--name must be a plain folder name, got {settings.name!r}")
+    TrainConfig(**settings.fixed_fields()).validate()
+
+
+def _choice(what: str, value: str, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise PicoError(f"unknown {what} {value!r}; choose one of: {', '.join(allowed)}")
+
+
+def _positive(name: str, value: float) -> None:
+    if not value > 0:
+        raise PicoError(f"--{name.replace('_', '-')} must be positive, got {value}")
+
+
+def check_writable(folder: Path, what: str) -> None:
+    """PicoError unless files can be created in `folder` (made if missing)."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / f".pico-write-test-{os.getpid()}"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as exc:
+        raise PicoError(f"cannot write the {what} in {folder}: {exc.strerror or exc}") from None
+
+
+def check_storage(settings: SearchSettings, resume: bool) -> None:
+    """Fail before any work if the experiment cannot be written, or would overwrite another."""
+    exists = (settings.local_folder / SETTINGS_FILE).is_file()
+    if resume and not exists:
+        raise PicoError(
+            f"nothing to resume: no experiment {settings.name!r} in {settings.storage} "
+            f"(expected {settings.local_folder / SETTINGS_FILE})"
+        )
+    if not resume and exists:
+        raise PicoError(
+            f"experiment {settings.name!r} already exists in {settings.storage}: pass --resume "
+            "to continue it, or choose another --name"
+        )
+    if not resume and settings.output and Path(settings.output).exists():
+        raise PicoError(f"{settings.output} already exists: choose another --output")
+    if settings.is_remote:
+        import pyarrow.fs
+
+        try:
+            pyarrow.fs.FileSystem.from_uri(settings.storage)
+        except (pyarrow.ArrowInvalid, OSError) as exc:
+            raise PicoError(f"cannot use storage {settings.storage}: {exc}") from None
+    else:
+        check_writable(Path(settings.storage), "experiment")
+    check_writable(settings.results_path.parent, "results file")
