@@ -95,7 +95,7 @@ def test_load_trial_config_round_trip(tmp_path):
     path = make_table(tmp_path).write()
     assert load_trial_config(path, "t1") == TrainConfig(arch="lstm", seed=3)
     assert load_trial_config(path, "t2").n_head == 2
-    with pytest.raises(PicoError, match="no trial 'nope'.*t1, t2, t3"):
+    with pytest.raises(PicoError, match=r"no trial 'nope'.*t1, t2, t3"):
         load_trial_config(path, "nope")
     with pytest.raises(PicoError, match="not found"):
         load_trial_config(tmp_path / "missing.parquet", "t1")
