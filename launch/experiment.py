@@ -123,9 +123,10 @@ def make_tuner(
     # A checkpoint at every evaluation forces a state snapshot each time (num_to_keep=1): by
     # design here, and cheap for small models, so Tune need not warn about it.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
-    space = param_space(
-        settings.fixed_fields(), TrialSettings(str(Path(data.path).resolve()), settings.max_docs)
+    trial_settings = TrialSettings(
+        str(Path(data.path).resolve()), settings.max_docs, settings.fail_at_step
     )
+    space = param_space(settings.fixed_fields(), trial_settings)
     trainable = tune.with_resources(
         named_trainable(settings.name),
         {"cpu": settings.cpus_per_trial, "gpu": settings.gpus_per_trial},

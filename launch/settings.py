@@ -66,6 +66,7 @@ class SearchSettings:
     time_budget_s: float | None = None
     optuna_storage: str | None = None  # an Optuna RDB URL; default SQLite in the experiment
     wandb: str = "off"
+    fail_at_step: int | None = None  # tests only: every trial fails once after this step
 
     # ------------------------------------------------------------------ derived paths
 

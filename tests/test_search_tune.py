@@ -1,0 +1,147 @@
+"""Real (tiny) Ray Tune searches in the shared Ray instance: ASHA, PRUNED trials, divergence,
+wandb, retries from checkpoints that reproduce an uninterrupted run, and reruns from results."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import optuna
+import pandas as pd
+import pytest
+import torch
+from optuna.trial import TrialState
+
+import search_spaces
+from launch.experiment import run_search
+from launch.results import load_trial_config, read_metadata
+from launch.settings import SearchSettings
+from pico.data import prepare_data
+from pico.train import train
+
+TINY = {
+    "arch": "kv_transformer",
+    "d_model": 16,
+    "n_layer": 1,
+    "n_head": 2,
+    "batch_size": 8,
+    "block_size": 32,
+    "warmup_steps": 0,
+}
+TIMING = ("tokens_per_s", "elapsed_s")
+
+
+def alternating_space(trial: optuna.Trial) -> dict:
+    """Trial 1 diverges (lr 1e3); odd trials barely learn, so ASHA stops them; even ones learn."""
+    if trial.number == 1:
+        return {**TINY, "lr": 1e3, "min_lr": 0.0}
+    lr = 1e-2 if trial.number % 2 == 0 else 1e-6
+    return {**TINY, "lr": lr, "min_lr": lr / 10}
+
+
+def tiny_space(trial: optuna.Trial) -> dict:
+    lr = trial.suggest_float("lr", 3e-3, 3e-2, log=True)
+    return {**TINY, "lr": lr, "min_lr": lr / 10}
+
+
+@pytest.fixture
+def spaces(monkeypatch):
+    monkeypatch.setitem(search_spaces.SPACES, "alternating", alternating_space)
+    monkeypatch.setitem(search_spaces.SPACES, "tiny", tiny_space)
+
+
+def tiny_settings(tmp_path, **changes) -> SearchSettings:
+    values = {
+        "space": "tiny",
+        "name": "exp",
+        "storage": str(tmp_path / "experiments"),
+        "num_samples": 2,
+        "max_steps": 40,
+        "eval_interval": 10,
+        "eval_tokens": 256,
+        "grace_period": 10,
+        "corpus": "3seqs",
+        "tokenizer": "char",
+        "sampler": "random",
+        "max_concurrent": 2,
+        "cpus_per_trial": 1,
+    }
+    return SearchSettings(**{**values, **changes})
+
+
+def last_rows(path) -> pd.DataFrame:
+    df = pd.read_parquet(path)
+    assert not df.duplicated(["trial_id", "step"]).any()
+    return df[df.is_last].set_index("trial_id")
+
+
+def test_search_with_asha_divergence_and_wandb(ray_session, spaces, tmp_path):
+    settings = tiny_settings(tmp_path, space="alternating", num_samples=8, wandb="offline")
+    path = run_search(settings, verbosity=0)
+
+    last = last_rows(path)
+    assert len(last) == 8
+    statuses = last.status.value_counts().to_dict()
+    assert statuses.get("diverged") == 1 and statuses.get("completed", 0) >= 3, statuses
+    assert statuses.get("early_stopped", 0) >= 1, statuses
+    assert set(statuses) <= {"completed", "early_stopped", "diverged"}
+    stopped = last[last.status == "early_stopped"]
+    assert (stopped.step < 40).all() and (stopped.rung >= 1).all()
+    assert (last[last.status == "completed"].step == 40).all()
+    assert last.checkpoint.map(os.path.isdir).all()
+    assert (last.device == "cpu").all() and last.decode_latency_ms.gt(0).all()
+    meta = read_metadata(path)
+    assert meta["scheduler"]["name"] == "asha" and meta["ended_at"]
+
+    # The Optuna study, in the experiment's SQLite file, tells the truth about each trial.
+    study = optuna.load_study(study_name="exp", storage=settings.optuna_url)
+    states = {t.user_attrs["tune_trial_id"]: t for t in study.trials}
+    for trial_id, row in last.iterrows():
+        trial = states[trial_id]
+        expected = {
+            "completed": TrialState.COMPLETE,
+            "early_stopped": TrialState.PRUNED,
+            "diverged": TrialState.FAIL,
+        }[row.status]
+        assert trial.state == expected, (trial_id, row.status)
+        if row.status == "early_stopped":
+            assert max(trial.intermediate_values) == row.step
+            assert trial.value == pytest.approx(row.val_loss)
+
+    runs = list((settings.local_folder / "wandb").glob("offline-run-*"))
+    assert len(runs) == 8 and all(list(run.glob("*.wandb")) for run in runs)
+
+
+def test_failed_trials_resume_from_checkpoints_exactly(ray_session, spaces, tmp_path, repo_root):
+    settings = tiny_settings(
+        tmp_path, scheduler="fifo", max_steps=30, fail_at_step=10, max_failures=1
+    )
+    path = run_search(settings, verbosity=0)
+    df = pd.read_parquet(path)
+    last = last_rows(path)
+    assert list(last.status) == ["completed", "completed"] and list(last.retries) == [1, 1]
+    assert sorted(df.step.unique()) == [10, 20, 30] and len(df) == 6
+
+    # An uninterrupted run of the same config gives exactly the same metrics.
+    trial_id = last.index[0]
+    cfg = load_trial_config(path, trial_id)
+    threads = torch.get_num_threads()
+    try:
+        direct = train(cfg, prepare_data(cfg.corpus, cfg.tokenizer)).metrics
+    finally:
+        torch.set_num_threads(threads)
+    for name, value in direct.items():
+        if name in last.columns and name not in TIMING:
+            assert last.loc[trial_id, name] == value, name
+
+    # launch/train.py reruns it from the results file, with the same metrics.
+    out = tmp_path / "rerun"
+    command = [sys.executable, "launch/train.py", "--from-results", str(path), "--trial"]
+    run = [*command, trial_id, "--out", str(out), "-q"]
+    subprocess.run(run, check=True, timeout=120, cwd=repo_root)
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["status"] == "completed"
+    for name in ("val_loss", "train_loss", "token_accuracy", "val_bpb", "grad_norm"):
+        assert summary[name] == last.loc[trial_id, name], name
