@@ -1,0 +1,236 @@
+"""Assemble the report: which charts and tables, in what order, and what could not be drawn."""
+
+from __future__ import annotations
+
+import html
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+
+from analysis import charts_hparams as ch
+from analysis import charts_results as cr
+from analysis import tables
+from analysis.importance import importance, method_name
+from analysis.load import LOSS_GROUP_COLUMNS, Results, label
+from analysis.page import Figure, Section, render_page, write_atomic, write_pngs
+from analysis.regression import fit_loss
+
+COMPUTE_AXES = ("n_params", "train_flops", "elapsed_s")  # val_loss is plotted against each
+
+
+@dataclass
+class Options:
+    """What the command line asked for."""
+
+    objectives: list[str]
+    maximize: list[bool]
+    top: int = 20
+    importance: str = "ped-anova"
+    seed: int = 0
+
+
+def write_report(
+    results: Results,
+    options: Options,
+    html_path: Path,
+    png_dir: Path,
+    log: Callable[[str], None] = print,
+) -> None:
+    """Build every section, write the PNGs, then the HTML page (last, atomically)."""
+    notes = list(results.notes)
+    sections = build_sections(results, options, notes, log)
+    figures = [f for s in sections for f in s.figures]
+    write_pngs(figures, png_dir, log)
+    png_rel = Path(_relative(png_dir, html_path.parent)).as_posix()
+    page = render_page(_title(results), _summary(results), notes, sections, png_rel)
+    write_atomic(html_path, page)
+    log(f"wrote {html_path} ({len(page) / 1e6:.1f} MB, {len(figures)} charts)")
+
+
+def build_sections(
+    results: Results, options: Options, notes: list[str], log: Callable[[str], None]
+) -> list[Section]:
+    """Every section of the report, in reading order; problems are appended to `notes`."""
+    steps = [
+        ("overview", _overview),
+        ("Pareto frontiers", _pareto),
+        ("best trials", _best),
+        ("learning curves", _curves),
+        ("hyperparameter importance", _importance),
+        ("hyperparameter effects", _effects),
+    ]
+    sections = []
+    for name, step in steps:
+        start = time.perf_counter()
+        sections.append(step(results, options, notes))
+        log(f"built {name} ({time.perf_counter() - start:.1f}s)")
+    return sections
+
+
+def _overview(results: Results, options: Options, notes: list[str]) -> Section:
+    items = [tables.html_table(tables.status_counts(results.trials), "Trials by status")]
+    errors = tables.error_counts(results.trials)
+    if len(errors):
+        items.append(tables.html_table(errors, "Most common errors"))
+    if results.meta:
+        items.append(tables.html_table(tables.metadata_table(results.meta), "Experiment metadata"))
+    return Section("Overview", _comparability(results), items)
+
+
+def _pareto(results: Results, options: Options, notes: list[str]) -> Section:
+    loss = results.loss
+    pairs = [(options.objectives, options.maximize)]
+    pairs += [([loss, x], [False, False]) for x in COMPUTE_AXES if [loss, x] != options.objectives]
+    items: list[Figure | str] = []
+    for objectives, maximize in pairs:
+        usable = np.isfinite(results.points[objectives].astype(float)).all(axis=1)
+        if not usable.any():
+            notes.append(f"Pareto chart over {', '.join(objectives)}: no trial has them all.")
+            continue
+        chart, front = cr.pareto_chart(results.points, objectives, maximize, options.seed)
+        items.append(Figure.of("pareto_" + "_".join(objectives), chart))
+        if objectives == options.objectives:
+            table = tables.frontier_table(front, results.points, results.hparams)
+            caption = f"Non-dominated trials over {', '.join(objectives)}"
+            items.append(tables.html_table(table, caption))
+    intro = (
+        "A trial is <em>non-dominated</em> when no other trial is at least as good in every "
+        "objective and strictly better in one; the frontier is all of them (ties are all kept). "
+        "Each trial counts at its last evaluation: an early-stopped trial is a valid point, "
+        "trained for less, and is drawn as a triangle. The table lists the frontier over "
+        f"<code>--objectives</code> ({html.escape(', '.join(options.objectives))})."
+    )
+    return Section("Pareto frontiers", intro, items)
+
+
+def _best(results: Results, options: Options, notes: list[str]) -> Section:
+    points, loss = results.points, results.loss
+    best = tables.best_configs(points, loss, results.hparams, str(results.path))
+    items: list[Figure | str] = [tables.html_table(best, f"Best trial per architecture by {loss}")]
+    items.append(Figure.of("perplexity_accuracy", cr.perplexity_accuracy_chart(points, loss)))
+    for arch in results.archs:
+        hparams = results.arch_hparams(arch)
+        if not hparams:
+            notes.append(f"Parallel coordinates for {arch}: no hyperparameter varies.")
+            continue
+        sub = points[points["arch"] == arch]
+        chart = ch.parallel_chart(sub, hparams, loss, arch, options.top)
+        items.append(Figure.of(f"parallel_{arch}", chart))
+    intro = (
+        "The best configuration of each architecture, with the command that retrains it, then "
+        f"perplexity against accuracy and the best <code>--top</code> {options.top} trials of "
+        "each architecture across their hyperparameters."
+    )
+    return Section("Best trials", intro, items)
+
+
+def _curves(results: Results, options: Options, notes: list[str]) -> Section:
+    chart = cr.learning_curves_chart(results.curves, results.points, results.loss, results.archs)
+    items: list[Figure | str] = [Figure.of("learning_curves", chart)]
+    items.append(Figure.of("asha_rungs", cr.rungs_chart(results.trials)))
+    intro = (
+        "Validation loss at every evaluation of each trial. A triangle marks the last "
+        "evaluation of a trial that ASHA stopped, coloured by the rung it reached; the bar "
+        "chart counts every trial by the highest rung reached."
+    )
+    return Section("Learning curves", intro, items)
+
+
+def _importance(results: Results, options: Options, notes: list[str]) -> Section:
+    name = method_name(options.importance)
+    found = []
+    for arch in results.archs:
+        sub = results.points[results.points["arch"] == arch]
+        imp = importance(
+            sub, results.arch_hparams(arch), results.loss, options.importance, arch, options.seed
+        )
+        if imp.reason:
+            notes.append(f"Importance for {arch}: {imp.reason}.")
+        else:
+            found.append(imp)
+    items: list[Figure | str] = []
+    if found:
+        items.append(Figure.of("importance", ch.importance_chart(found, name, results.loss)))
+    intro = (
+        f"Optuna's {name} evaluator on a study rebuilt from the file, one per architecture. Each "
+        "parameter an architecture does not use is absent from its trials, as in the search. "
+        "Choose the evaluator with <code>--importance ped-anova|fanova</code>."
+    )
+    return Section("Hyperparameter importance", intro, items)
+
+
+def _effects(results: Results, options: Options, notes: list[str]) -> Section:
+    points, loss, hparams = results.points, results.loss, results.hparams
+    items: list[Figure | str] = []
+    corr = ch.correlation_chart(points, hparams, loss)
+    if corr is None:
+        notes.append("Correlation matrix: it needs two columns that vary over >= 3 trials.")
+    else:
+        items.append(Figure.of("correlation", corr))
+    for arch in results.archs:
+        sub = points[points["arch"] == arch]
+        heat = ch.heatmap_chart(sub, results.arch_hparams(arch), loss, arch)
+        if heat is None:
+            pairs = ", ".join(f"{a} x {b}" for a, b in ch.HEATMAP_PAIRS)
+            notes.append(f"Heatmaps for {arch}: none of the pairs {pairs} varies together.")
+        else:
+            items.append(Figure.of(f"heatmaps_{arch}", heat))
+    cats = ch.categorical_chart(points, hparams, loss)
+    if cats is None:
+        notes.append("Loss by categorical hyperparameter: no categorical hyperparameter varies.")
+    else:
+        items.append(Figure.of("by_category", cats))
+    fit = fit_loss(points, hparams, loss)
+    if fit.reason:
+        notes.append(f"Regression: {fit.reason}.")
+    else:
+        items.append(Figure.of("regression", ch.regression_charts(points, fit, loss)))
+    intro = (
+        "How each hyperparameter moves the loss: rank correlations, the best loss over pairs of "
+        "hyperparameters, the loss by categorical choice, and a linear model of the loss on "
+        "architecture, hyperparameters and training length."
+    )
+    return Section("Hyperparameter effects", intro, items)
+
+
+def _comparability(results: Results) -> str:
+    """One sentence on what the losses can be compared across."""
+    present = [c for c in LOSS_GROUP_COLUMNS if c in results.points.columns]
+    if results.loss == "val_bpb":
+        return (
+            "The trials were trained on different corpora, tokenizers or block sizes, whose "
+            "losses in nats do not compare: <strong>every loss below is bits per byte "
+            "(val_bpb)</strong>."
+        )
+    if not present:
+        return "Losses are validation cross-entropy in nats (val_loss)."
+    shared = ", ".join(f"{label(c)} {results.points[c].iloc[0]}" for c in present)
+    return (
+        f"Every trial shares {html.escape(shared)}, so losses compare directly: "
+        "validation cross-entropy in nats (val_loss)."
+    )
+
+
+def _title(results: Results) -> str:
+    names = results.trials["experiment"].dropna()
+    name = results.meta.get("experiment") or (names.iloc[0] if len(names) else results.path.stem)
+    return f"Pico report: {name}"
+
+
+def _summary(results: Results) -> str:
+    n_rows = len(results.curves)
+    generated = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
+    return html.escape(
+        f"{results.path.name}: {len(results.trials)} trials ({len(results.points)} with a usable "
+        f"final evaluation), {n_rows} evaluations, architectures {', '.join(results.archs)}. "
+        f"Generated {generated}."
+    )
+
+
+def _relative(path: Path, start: Path) -> str:
+    return os.path.relpath(path.resolve(), start.resolve())

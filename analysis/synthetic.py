@@ -1,0 +1,250 @@
+"""Synthetic results files in the docs/results.md schema, for tests and the scale benchmark.
+
+The losses follow a made-up but plausible law: wider, deeper models and a learning rate near 3e-3
+do better, the Transformer beats the LSTM beats the K-gram MLP, and every learning curve decays
+as a power of the tokens seen. An ASHA-like pass stops the worse trials at each rung.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import fields
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from pico.config import (
+    ACTIVATIONS,
+    ARCH_FIELDS,
+    ARCHS,
+    KGRAM_NORMS,
+    MODEL_FIELDS,
+    POSITIONS,
+    TRANSFORMER_NORMS,
+    TrainConfig,
+)
+
+VOCAB = 4096
+EVAL_INTERVAL = 20
+BASE_LOSS = {"kgram_mlp": 5.0, "lstm": 4.7, "kv_transformer": 4.4}
+BYTES_PER_TOKEN = 3.6  # a plausible BPE average, for val_bpb
+CORPUS_OFFSET = 0.4  # nats added per extra corpus, so that mixed files really differ in val_loss
+
+
+def make_results(
+    path: str | Path,
+    n_trials: int = 60,
+    n_evals: int = 10,
+    archs: tuple[str, ...] = ARCHS,
+    corpora: tuple[str, ...] = ("shakespeare",),
+    asha: bool = True,
+    failures: bool = True,
+    seed: int = 0,
+) -> Path:
+    """Write a synthetic results file and return its path.
+
+    `asha` stops the worse two thirds of trials at each rung (else every trial runs all
+    `n_evals` evaluations); `failures` makes about 2% of trials errored and 2% diverged.
+    """
+    rng = np.random.default_rng(seed)
+    hp = _sample_hparams(rng, n_trials, archs, corpora)
+    final = _final_loss(rng, hp)
+    n_rows, status, rung = _plan_trials(rng, final, n_evals, asha, failures)
+    df = _evaluations(rng, hp, final, n_rows, status, rung)
+    meta = _metadata(n_evals, corpora)
+    table = pa.Table.from_pandas(df, preserve_index=False)
+    table = table.replace_schema_metadata({"pico": json.dumps(meta)})
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(table, path)
+    return path
+
+
+def _sample_hparams(
+    rng: np.random.Generator, n: int, archs: tuple[str, ...], corpora: tuple[str, ...]
+) -> pd.DataFrame:
+    """One row per trial: every TrainConfig field, nulls where the architecture does not use it."""
+    arch = np.array(archs)[np.arange(n) % len(archs)]
+    rng.shuffle(arch)
+    defaults = TrainConfig()
+    hp = pd.DataFrame({f.name: [getattr(defaults, f.name)] * n for f in fields(TrainConfig)})
+    hp["arch"] = arch
+    hp["corpus"] = rng.choice(corpora, n)
+    hp["d_model"] = rng.choice([32, 64, 128, 256], n)
+    hp["n_layer"] = rng.integers(1, 5, n)
+    hp["n_head"] = rng.choice([2, 4, 8], n)
+    hp["hidden_size"] = rng.choice([64, 128, 256, 512], n)
+    hp["k"] = rng.integers(2, 9, n)
+    hp["activation"] = rng.choice(ACTIVATIONS, n)
+    hp["norm"] = np.where(
+        arch == "kgram_mlp", rng.choice(KGRAM_NORMS, n), rng.choice(TRANSFORMER_NORMS, n)
+    )
+    hp["pos_embedding"] = rng.choice(POSITIONS, n)
+    hp["mlp_ratio"] = rng.choice([2, 4], n)
+    hp["tie_weights"] = rng.random(n) < 0.5
+    hp["dropout"] = rng.choice([0.0, 0.1, 0.2], n)
+    hp["lr"] = 10 ** rng.uniform(-4, -2, n)
+    hp["min_lr"] = hp["lr"] / 10
+    hp["batch_size"] = rng.choice([16, 32, 64], n)
+    hp["weight_decay"] = rng.choice([0.0, 0.01, 0.1], n)
+    hp["seed"] = np.arange(n)
+    hp["eval_interval"] = EVAL_INTERVAL
+    hp = hp.astype({name: "object" for name in MODEL_FIELDS})
+    for name in MODEL_FIELDS:  # conditional parameters: null where the arch has no use for them
+        hp.loc[~hp["arch"].map(lambda a, name=name: name in ARCH_FIELDS[a]), name] = None
+    return hp
+
+
+def _final_loss(rng: np.random.Generator, hp: pd.DataFrame) -> np.ndarray:
+    """The loss each trial would reach at the end: the made-up law the tests can check."""
+    num = {c: hp[c].astype(float).fillna(0).to_numpy() for c in ("d_model", "n_layer", "lr", "k")}
+    loss = hp["arch"].map(BASE_LOSS).to_numpy(float, copy=True)
+    loss -= 0.25 * np.log2(num["d_model"] / 32)
+    loss -= 0.08 * (num["n_layer"] - 1)
+    loss += 0.8 * (np.log10(num["lr"]) + 2.5) ** 2
+    loss += np.where(hp["activation"] == "relu", 0.06, 0.0)
+    loss -= np.where(hp["arch"] == "kgram_mlp", 0.04 * num["k"], 0.0)
+    loss += CORPUS_OFFSET * pd.factorize(hp["corpus"], sort=True)[0]
+    return loss + rng.normal(0, 0.03, len(hp))
+
+
+def _plan_trials(
+    rng: np.random.Generator, final: np.ndarray, n_evals: int, asha: bool, failures: bool
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """How many evaluations each trial records, its status and the ASHA rung it reached."""
+    n = len(final)
+    n_rows = np.full(n, n_evals)
+    status = np.full(n, "completed", dtype=object)
+    milestones = sorted({m for m in (n_evals // 9, n_evals // 3) if 0 < m < n_evals - 1})
+    rung = np.full(n, len(milestones) if asha else 0)
+    if asha:
+        alive = np.ones(n, bool)
+        for r, m in enumerate(milestones, start=1):
+            # The final loss ranks trials the same way the loss at the rung would.
+            threshold = np.quantile(final[alive], 1 / 3)
+            stop = alive & (final > threshold)
+            n_rows[stop], status[stop], rung[stop] = m + 1, "early_stopped", r
+            alive &= ~stop
+    if failures:
+        fate = rng.random(n)
+        errored, diverged = fate < 0.02, (fate >= 0.02) & (fate < 0.04)
+        n_rows[errored], status[errored], rung[errored] = 1, "errored", 0
+        n_rows[diverged] = np.minimum(n_rows, rng.integers(1, n_evals + 1, n))[diverged]
+        status[diverged] = "diverged"
+        # A diverged trial reached only the rungs before its last evaluation.
+        rung[diverged] = np.searchsorted(milestones, n_rows[diverged] - 1) if asha else 0
+    return n_rows, status, rung
+
+
+def _evaluations(
+    rng: np.random.Generator,
+    hp: pd.DataFrame,
+    final: np.ndarray,
+    n_rows: np.ndarray,
+    status: np.ndarray,
+    rung: np.ndarray,
+) -> pd.DataFrame:
+    """The long table: one row per evaluation, trial-level columns repeated."""
+    trial = np.repeat(np.arange(len(hp)), n_rows)
+    index = np.arange(len(trial)) - np.repeat(np.cumsum(n_rows) - n_rows, n_rows)
+    is_last = index == n_rows[trial] - 1
+    cfg = hp.iloc[trial].reset_index(drop=True)
+    n_params = _n_params(cfg)
+    step = (index + 1) * EVAL_INTERVAL
+    tokens = step * cfg["batch_size"].to_numpy() * cfg["block_size"].to_numpy()
+    floor = final[trial]
+    val_loss = floor + (np.log(VOCAB) - floor) * (1 + tokens / 2e5) ** -0.7
+    val_loss += rng.normal(0, 0.01, len(trial))
+    st = status[trial]
+    failed = ((st == "errored") | (st == "diverged")) & is_last
+    val_loss[failed] = np.nan
+    flops_per_token = 6 * n_params
+    tokens_per_s = 4e11 / flops_per_token * rng.uniform(0.8, 1.2, len(hp))[trial]
+    df = pd.DataFrame(
+        {
+            "experiment": "synthetic",
+            "trial_id": [f"trial_{i:05d}" for i in trial],
+            "arch": cfg["arch"].to_numpy(),
+            "status": st,
+        }
+    )
+    for name in (f.name for f in fields(TrainConfig)):
+        df[f"hp_{name}"] = cfg[name].to_numpy()
+    df["rung"] = rung[trial]
+    df["node"] = "10.0.0." + (trial % 4).astype(str)
+    df["device"] = "cpu"
+    df["seed"] = cfg["seed"].to_numpy()
+    df["config_fingerprint"] = [f"{i:016x}" for i in trial]
+    df["checkpoint"] = [f"/tmp/ckpt/trial_{i:05d}" for i in trial]
+    df["error"] = np.where(st == "errored", "RuntimeError: synthetic failure", None)
+    df["decode_latency_ms"] = np.nan
+    df["step"] = np.where(failed & (st == "errored"), 0, step)
+    df["tokens_seen"] = np.where(failed & (st == "errored"), 0, tokens)
+    df["train_loss"] = val_loss - 0.05
+    df["val_loss"] = val_loss
+    df["perplexity"] = np.exp(val_loss)
+    df["token_accuracy"] = np.clip(0.95 - 0.13 * val_loss + rng.normal(0, 0.01, len(df)), 0, 1)
+    df["val_bpb"] = (val_loss - CORPUS_OFFSET * pd.factorize(cfg["corpus"], sort=True)[0]) / (
+        np.log(2) * BYTES_PER_TOKEN
+    )
+    df["grad_norm"] = rng.lognormal(0, 0.3, len(df))
+    df["lr"] = cfg["lr"].to_numpy(float)
+    df["tokens_per_s"] = tokens_per_s
+    df["elapsed_s"] = tokens / tokens_per_s + 0.5 * (index + 1)
+    df["n_params"] = n_params
+    df["flops_per_token"] = flops_per_token
+    df["train_flops"] = (flops_per_token * tokens).astype(float)
+    df["is_last"] = is_last
+    return _schema_types(df)
+
+
+def _n_params(cfg: pd.DataFrame) -> np.ndarray:
+    """A rough parameter count per architecture (embedding, body, output)."""
+    d = cfg["d_model"].astype(float).to_numpy()
+    h = cfg["hidden_size"].fillna(0).astype(float).to_numpy()
+    layers = cfg["n_layer"].astype(float).to_numpy()
+    k = cfg["k"].fillna(1).astype(float).to_numpy()
+    ratio = cfg["mlp_ratio"].fillna(4).astype(float).to_numpy()
+    arch = cfg["arch"].to_numpy()
+    body = np.select(
+        [arch == "kgram_mlp", arch == "lstm"],
+        [k * d * h + (layers - 1) * h * h + h * d, layers * 4 * h * (d + h)],
+        layers * (4 + 2 * ratio) * d * d,
+    )
+    return (2 * VOCAB * d + body).astype(np.int64)
+
+
+def _schema_types(df: pd.DataFrame) -> pd.DataFrame:
+    """Give each hp_ column its TrainConfig type, nullable, as the real exporter writes it."""
+    kinds = {int: "Int64", float: "float64", bool: "boolean", str: "string"}
+    for f in fields(TrainConfig):
+        kind = kinds[type(getattr(TrainConfig(), f.name))]
+        df[f"hp_{f.name}"] = df[f"hp_{f.name}"].astype(kind)
+    return df
+
+
+def _metadata(n_evals: int, corpora: tuple[str, ...]) -> dict:
+    """The `pico` metadata object of docs/results.md."""
+    return {
+        "schema_version": 1,
+        "experiment": "synthetic",
+        "space": "synthetic",
+        "sampler": "random",
+        "scheduler": {"name": "asha", "grace_period": EVAL_INTERVAL, "reduction_factor": 3},
+        "objectives": [
+            {"name": "val_loss", "direction": "minimize"},
+            {"name": "n_params", "direction": "minimize"},
+        ],
+        "corpus": ",".join(corpora),
+        "tokenizer": "bpe:4096",
+        "corpus_fingerprint": "synthetic",
+        "data_fingerprint": "synthetic",
+        "versions": {"pico": "0.1.0"},
+        "git_commit": "0000000",
+        "command": f"synthetic: {n_evals} evaluations per trial",
+        "started_at": "2025-01-01T00:00:00Z",
+        "ended_at": "2025-01-01T01:00:00Z",
+    }

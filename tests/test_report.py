@@ -1,0 +1,288 @@
+"""The report end to end on synthetic results files, and the page rendered in headless Chromium."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import struct
+import subprocess
+import zlib
+from html.parser import HTMLParser
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from analysis import charts_results
+from analysis.build import Options, build_sections
+from analysis.load import load_results
+from analysis.pareto import non_dominated
+from analysis.report import main, parse_objectives
+from analysis.synthetic import make_results
+
+EXPECTED_CHARTS = [
+    "pareto_val_loss_n_params",
+    "pareto_val_loss_train_flops",
+    "pareto_val_loss_elapsed_s",
+    "perplexity_accuracy",
+    "parallel_kgram_mlp",
+    "parallel_lstm",
+    "parallel_kv_transformer",
+    "learning_curves",
+    "asha_rungs",
+    "importance",
+    "correlation",
+    "heatmaps_kgram_mlp",
+    "heatmaps_lstm",
+    "heatmaps_kv_transformer",
+    "by_category",
+    "regression",
+]
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory) -> dict:
+    """One full report of a 90-trial, three-architecture synthetic search, built once."""
+    folder = tmp_path_factory.mktemp("report")
+    results = make_results(folder / "results.parquet", n_trials=90, n_evals=10, seed=1)
+    assert main([str(results), "--top", "5"]) == 0
+    html = (folder / "report.html").read_text()
+    return {"folder": folder, "results": results, "html": html, "specs": page_specs(html)}
+
+
+def page_specs(html: str) -> dict:
+    """The Vega-Lite specs embedded in the page, by chart id."""
+    blob = html.split("const PICO_SPECS = ", 1)[1].split(";\n", 1)[0]
+    return json.loads(blob)
+
+
+def dataset_sizes(spec: dict) -> list[int]:
+    return [len(rows) for rows in spec.get("datasets", {}).values()]
+
+
+def test_every_chart_is_in_the_page_and_saved_as_png(report):
+    assert sorted(report["specs"]) == sorted(EXPECTED_CHARTS)
+    for name in EXPECTED_CHARTS:
+        assert f'id="{name}"' in report["html"]
+        png = report["folder"] / "report_png" / f"{name}.png"
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        width, height = struct.unpack(">II", png.read_bytes()[16:24])
+        assert width > 200 and height > 150
+
+
+def test_page_is_self_contained(report):
+    html = report["html"]
+    assert "<script src" not in html and "<link" not in html
+    assert html.count("window.vegaEmbed=") == 1  # the libraries are inlined exactly once
+    for spec in report["specs"].values():
+        assert all(n <= 5000 for n in dataset_sizes(spec))  # Altair's MaxRowsError limit
+
+
+def test_pareto_table_is_the_true_frontier(report):
+    rows = pd.read_parquet(report["results"])
+    final = rows[rows["is_last"] & rows["status"].isin(["completed", "early_stopped"])]
+    final = final[np.isfinite(final["val_loss"])]
+    mask = non_dominated(final[["val_loss", "n_params"]].to_numpy(float))
+    expected = set(final.loc[mask, "trial_id"])
+    table = report["html"].split("Non-dominated trials over val_loss, n_params", 1)[1]
+    table = table.split("</table>", 1)[0]
+    shown = set(re.findall(r"<td>(trial_\d+)</td>", table))
+    assert shown == expected and len(expected) >= 2
+
+
+def test_tables_commands_and_metadata(report):
+    html = report["html"]
+    assert "python launch/train.py --from-results" in html and "--trial trial_" in html
+    assert "Trials by status" in html and "early_stopped" in html and "errored" in html
+    assert "Experiment metadata" in html and "schema_version" in html
+    assert "Hyperparameter importance (PED-ANOVA" in json.dumps(report["specs"]["importance"])
+    assert "losses compare directly" in html
+
+
+def test_heatmaps_only_use_each_architectures_own_parameters(report):
+    kgram = json.dumps(report["specs"]["heatmaps_kgram_mlp"])
+    lstm = json.dumps(report["specs"]["heatmaps_lstm"])
+    assert '"title": "k"' in kgram and '"title": "n_head"' not in kgram
+    assert '"title": "k"' not in lstm and '"title": "hidden_size"' in lstm
+
+
+def test_large_inputs_are_sampled_and_the_chart_says_so(tmp_path, monkeypatch):
+    monkeypatch.setattr(charts_results, "ROW_CAP", 40)
+    monkeypatch.setattr(charts_results, "CURVE_ROW_CAP", 30)
+    results = load_results(make_results(tmp_path / "r.parquet", n_trials=150, n_evals=8))
+    options = Options(["val_loss", "n_params"], [False, False])
+    figures = {f.name: f for s in build_sections(results, options, [], print) for f in s.figures}
+    pareto = json.dumps(figures["pareto_val_loss_n_params"].spec)
+    assert "Showing all" in pareto and "a random" in pareto
+    frontier_rows = [
+        row
+        for rows in figures["pareto_val_loss_n_params"].spec["datasets"].values()
+        for row in rows
+        if row["frontier"]
+    ]
+    assert len(frontier_rows) == int(
+        non_dominated(results.points[["val_loss", "n_params"]].to_numpy(float)).sum()
+    )
+    curves = json.dumps(figures["learning_curves"].spec)
+    assert "density of all" in curves and "trials drawn" in curves
+
+
+def test_mixed_corpora_switch_to_bits_per_byte(tmp_path):
+    path = make_results(tmp_path / "r.parquet", n_trials=40, corpora=("shakespeare", "wiki"))
+    results = load_results(path)
+    assert results.loss == "val_bpb"
+    assert any("bits per byte" in note for note in results.notes)
+    assert parse_objectives("val_loss,n_params", results) == (
+        ["val_bpb", "n_params"],
+        [False, False],
+    )
+
+
+def test_three_objectives_and_one_architecture(tmp_path):
+    path = make_results(tmp_path / "r.parquet", n_trials=40)
+    results = load_results(path, archs=["lstm"])
+    assert results.archs == ["lstm"]
+    objectives, maximize = parse_objectives("val_loss,n_params,token_accuracy:max", results)
+    assert maximize == [False, False, True]
+    notes: list[str] = []
+    sections = build_sections(results, Options(objectives, maximize), notes, print)
+    names = [f.name for s in sections for f in s.figures]
+    assert "pareto_val_loss_n_params_token_accuracy" in names
+    assert "pareto_val_loss_n_params" in names  # the standard charts stay
+    assert not any(n.startswith("parallel_kgram") for n in names)
+
+
+def test_a_single_trial_still_gives_a_report_that_says_what_is_missing(tmp_path, capsys):
+    path = make_results(tmp_path / "one.parquet", n_trials=1, archs=("lstm",), failures=False)
+    out = tmp_path / "out" / "one.html"
+    assert main([str(path), "--out", str(out)]) == 0
+    html = out.read_text()
+    assert "What this report could not draw" in html
+    assert "importance needs &gt;= 2 trials per architecture, lstm has 1" in html
+    assert "Regression: the regression needs more trials" in html
+    assert (tmp_path / "out" / "one_png" / "pareto_val_loss_n_params.png").exists()
+    assert "wrote" in capsys.readouterr().out  # progress lines as it goes
+
+
+# ------------------------------------------------------------------ in a real browser
+
+CHROMIUM_FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--virtual-time-budget=10000",
+]
+
+
+class ChartProbe(HTMLParser):
+    """Collects each chart div's rendered flag and whether a canvas or svg sits inside it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.charts: dict[str, dict] = {}
+        self.errors: list[str] = []
+        self._open: list[str | None] = []  # chart id (or None) of each open div
+        self._in_errors = False
+
+    def handle_starttag(self, tag, attrs):
+        a = dict(attrs)
+        if tag == "div":
+            is_chart = "pico-chart" in (a.get("class") or "")
+            self._open.append(a["id"] if is_chart else None)
+            if is_chart:
+                self.charts[a["id"]] = {"rendered": a.get("data-rendered"), "drawn": False}
+        elif tag in ("canvas", "svg"):
+            for chart in filter(None, self._open):
+                self.charts[chart]["drawn"] = True
+        self._in_errors = self._in_errors or a.get("id") == "pico-errors"
+
+    def handle_endtag(self, tag):
+        if tag == "div" and self._open:
+            self._open.pop()
+        if tag == "ul":
+            self._in_errors = False
+
+    def handle_data(self, data):
+        if self._in_errors and data.strip():
+            self.errors.append(data.strip())
+
+
+def chromium(args: list[str], tmp: Path) -> str:
+    cmd = ["chromium", *CHROMIUM_FLAGS, f"--user-data-dir={tmp / 'profile'}", *args]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=tmp)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return done.stdout
+
+
+def png_is_blank(path: Path) -> bool:
+    """True if a PNG is one flat colour: its filtered scanlines then hold almost no variety."""
+    data, pos, idat = path.read_bytes(), 8, b""
+    while pos < len(data):
+        length, kind = struct.unpack(">I4s", data[pos : pos + 8])
+        if kind == b"IDAT":
+            idat += data[pos + 8 : pos + 8 + length]
+        pos += 12 + length
+    counts = np.bincount(np.frombuffer(zlib.decompress(idat), np.uint8), minlength=256)
+    flat = np.sort(counts)[-2:].sum()  # a flat image filters to one or two byte values
+    return (counts.sum() - flat) < 0.001 * counts.sum()
+
+
+@pytest.mark.skipif(
+    shutil.which("chromium") is None,
+    reason="chromium is not installed (apt-get install -y chromium); CI installs it",
+)
+def test_every_chart_renders_in_headless_chromium(report, tmp_path):
+    page = (report["folder"] / "report.html").as_uri()
+    probe = ChartProbe()
+    probe.feed(chromium(["--dump-dom", page], tmp_path))
+    assert probe.errors == []
+    assert sorted(probe.charts) == sorted(EXPECTED_CHARTS)
+    for name, state in probe.charts.items():
+        assert state == {"rendered": "true", "drawn": True}, name
+    shot = tmp_path / "shot.png"
+    chromium([f"--screenshot={shot}", "--window-size=1400,4000", page], tmp_path)
+    assert not png_is_blank(shot)
+    assert not png_is_blank(report["folder"] / "report_png" / "learning_curves.png")
+
+
+def test_blank_detector_detects_blank(tmp_path):
+    import vl_convert
+
+    svg = '<svg xmlns="http://www.w3.org/2000/svg" width="300" height="200"></svg>'
+    blank = tmp_path / "blank.png"
+    blank.write_bytes(vl_convert.svg_to_png(svg))
+    assert png_is_blank(blank)
+
+
+@pytest.mark.skipif(shutil.which("chromium") is None, reason="chromium is not installed")
+def test_the_browser_check_catches_a_chart_that_fails(tmp_path):
+    from analysis.page import Figure, Section, render_page
+
+    good = {"mark": "point", "data": {"values": [{"x": 1}]}, "encoding": {"x": {"field": "x"}}}
+    bad = {"mark": "no-such-mark", "data": {"values": [{"x": 1}]}}
+    section = Section("Test", "", [Figure("good", good), Figure("bad", bad)])
+    page = tmp_path / "page.html"
+    page.write_text(render_page("t", "", [], [section], "png"))
+    probe = ChartProbe()
+    probe.feed(chromium(["--dump-dom", page.as_uri()], tmp_path))
+    assert probe.charts["good"] == {"rendered": "true", "drawn": True}
+    assert probe.charts["bad"]["rendered"] is None
+    assert len(probe.errors) == 1 and probe.errors[0].startswith("bad: ")
+
+
+def test_some_nan_losses_are_left_out_and_said(tmp_path):
+    path = make_results(tmp_path / "r.parquet", n_trials=30)
+    df = pd.read_parquet(path)
+    last_completed = df.index[df["is_last"] & (df["status"] == "completed")][:2]
+    df.loc[last_completed, "val_loss"] = np.nan
+    df.to_parquet(path)
+    results = load_results(path)
+    assert not results.points["trial_id"].isin(df.loc[last_completed, "trial_id"]).any()
+    assert any("2 trial(s)" in n and "NaN" in n for n in results.notes)
