@@ -13,7 +13,6 @@ from __future__ import annotations
 import logging
 import os
 import platform
-import socket
 import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -23,12 +22,11 @@ from typing import Any
 
 from launch.export import ResultsExporter, utc_now
 from launch.results import ResultsTable
-from launch.settings import ASHA_METRIC, SearchSettings, check_storage, validate
+from launch.settings import ASHA_METRIC, SearchSettings, check_inputs
 from launch.trainable import TrialSettings, param_space, train_trial, trial_config
 from pico.errors import PicoError
 
 REPO = Path(__file__).resolve().parents[1]
-CONNECT_TIMEOUT_S = 5.0
 PACKAGES = ("torch", "ray", "optuna", "pyarrow", "pandas", "numpy", "wandb")
 
 
@@ -42,8 +40,7 @@ def run_search(
     dashboard: bool = True,
 ) -> Path:
     """Run (or resume) the search described by `settings`; return the results file's path."""
-    validate(settings)
-    check_storage(settings, resume)
+    check_inputs(settings, resume=resume, address=address)
     with connected_ray(address, verbosity, dashboard):
         data = prepare(settings, verbosity)
         if not resume:
@@ -64,8 +61,6 @@ def connected_ray(address: str | None, verbosity: int, dashboard: bool) -> Itera
     if ray.is_initialized():
         yield
         return
-    if address:
-        check_reachable(address)
     local = {} if address else {"include_dashboard": dashboard}
     try:
         ray.init(
@@ -80,20 +75,6 @@ def connected_ray(address: str | None, verbosity: int, dashboard: bool) -> Itera
         yield
     finally:
         ray.shutdown()
-
-
-def check_reachable(address: str, timeout: float = CONNECT_TIMEOUT_S) -> None:
-    """Fail fast (PicoError) when nothing listens at a `host:port` or `ray://host:port` address,
-    rather than letting Ray retry for a minute."""
-    if address == "auto":
-        return
-    host, _, port = address.split("://")[-1].rpartition(":")
-    if not host or not port.isdigit():
-        raise PicoError(f"--address must be host:port, ray://host:port or auto, got {address!r}")
-    try:
-        socket.create_connection((host, int(port)), timeout=timeout).close()
-    except OSError as exc:
-        raise PicoError(f"cannot reach a Ray cluster at {address}: {exc}") from None
 
 
 def prepare(settings: SearchSettings, verbosity: int = 1) -> Any:

@@ -63,6 +63,7 @@ class ResultsExporter(Callback):
         self.milestones = milestones or []
         self.min_interval_s = min_interval_s
         self._loaded = False
+        self._stopping: set[str] = set()
         self._dirty = False
         self._last_write = 0.0
 
@@ -83,6 +84,22 @@ class ResultsExporter(Callback):
         if not self._loaded:  # first step: a resumed search continues from the last file
             self._loaded = True
             self.table.load(keep={t.trial_id for t in trials})
+            for trial in trials:
+                self._reconcile(trial)
+
+    def _reconcile(self, trial: Trial) -> None:
+        """Align a restored trial's record with the state Tune restored it in."""
+        if trial.trial_id not in self.table.trials:
+            return
+        record = self.table.trials[trial.trial_id]
+        if trial.status == Trial.ERROR:
+            record.status = "errored"
+        elif trial.status == Trial.TERMINATED and record.status == "running":
+            record.status = final_status(trial.last_result, self.max_steps)
+        elif trial.last_result.get("done"):
+            # Stopped by ASHA just before the interrupt, before Tune carried the stop out: Tune
+            # runs it once more from its checkpoint, then carries out the stop it remembers.
+            self._stopping.add(trial.trial_id)
 
     def on_step_end(self, iteration: int, trials: list[Trial], **info: Any) -> None:
         if self._dirty:
@@ -91,13 +108,16 @@ class ResultsExporter(Callback):
     def on_trial_result(self, iteration: int, trials: list[Trial], trial: Trial, result, **info):
         record = self._record(trial)
         record.add_eval(result)
-        record.status = "diverged" if result.get("diverged") else "running"
+        # A result Tune marks done is the trial's last: record how it ended at once.
+        done = bool(result.get("done"))
+        ended = done or result.get("diverged")
+        record.status = final_status(result, self.max_steps) if ended else "running"
         record.rung = sum(1 for m in self.milestones if record.last_step >= m)
         record.node = result.get("node_ip", record.node)
         record.device = result.get("device", record.device)
         record.decode_latency_ms = result.get("decode_latency_ms", record.decode_latency_ms)
         record.retries = trial.num_failures
-        self._write()
+        self._write(force=done)
 
     def on_checkpoint(self, iteration: int, trials: list[Trial], trial: Trial, checkpoint, **info):
         fs = checkpoint.filesystem.type_name
@@ -111,6 +131,8 @@ class ResultsExporter(Callback):
     def on_trial_complete(self, iteration: int, trials: list[Trial], trial: Trial, **info):
         record = self._record(trial)
         record.status = final_status(trial.last_result, self.max_steps)
+        if record.status == "stopped" and trial.trial_id in self._stopping:
+            record.status = "early_stopped"
         self._write(force=True)
 
     def on_trial_error(self, iteration: int, trials: list[Trial], trial: Trial, **info):

@@ -18,7 +18,14 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from launch.settings import OBJECTIVES, SAMPLERS, SCHEDULERS, WANDB_MODES, SearchSettings
+from launch.settings import (
+    OBJECTIVES,
+    SAMPLERS,
+    SCHEDULERS,
+    WANDB_MODES,
+    SearchSettings,
+    check_inputs,
+)
 from pico.errors import ArgumentParser, PicoError, run_cli
 from search_spaces import SPACES
 
@@ -150,12 +157,15 @@ def resumed_settings(given: dict) -> SearchSettings:
 
 def main(argv: list[str] | None = None) -> int:
     """Run the search command; 0 when done, 130 when interrupted (resume with --resume)."""
-    from launch.experiment import run_search
-    from launch.summary import summary_lines, unfinished
-
     args = build_parser().parse_args(argv)
     given = given_settings(args)
     settings = resumed_settings(given) if args.resume else new_settings(given)
+    # Bad input fails here, in about a second, before Ray and torch are imported.
+    check_inputs(settings, resume=args.resume, address=args.address)
+
+    from launch.experiment import run_search
+    from launch.summary import summary_lines, unfinished
+
     verbosity = 0 if args.quiet else 2 if args.verbose else 1
     command = shlex.join(["python", "launch/search.py", *(sys.argv[1:] if argv is None else argv)])
     run_search(
@@ -168,7 +178,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     print("\n".join(summary_lines(settings)))
     left = unfinished(settings)
-    if left:
+    if left and settings.time_budget_s:
+        print(f"the time budget ended the search with {left} trial(s) not run to their end")
+    elif left:
         print(
             f"interrupted with {left} trial(s) unfinished; continue with: python launch/search.py"
             f" --name {settings.name} --storage {settings.storage} --resume"

@@ -11,6 +11,7 @@ import dataclasses
 import importlib.util
 import json
 import os
+import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,7 @@ from pico.config import TrainConfig
 from pico.errors import PicoError
 
 SETTINGS_FILE = "search.json"
+CONNECT_TIMEOUT_S = 5.0
 # Objective name -> (reported metric, Tune mode).
 OBJECTIVES = {
     "val_loss": ("val_loss", "min"),
@@ -220,3 +222,42 @@ def check_storage(settings: SearchSettings, resume: bool) -> None:
     else:
         check_writable(Path(settings.storage), "experiment")
     check_writable(settings.results_path.parent, "results file")
+
+
+def check_reachable(address: str, timeout: float = CONNECT_TIMEOUT_S) -> None:
+    """Fail fast (PicoError) when nothing listens at a `host:port` or `ray://host:port` address,
+    rather than letting Ray retry for a minute."""
+    if address == "auto":
+        return
+    host, _, port = address.split("://")[-1].rpartition(":")
+    if not host or not port.isdigit():
+        raise PicoError(f"--address must be host:port, ray://host:port or auto, got {address!r}")
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout).close()
+    except OSError as exc:
+        raise PicoError(f"cannot reach a Ray cluster at {address}: {exc}") from None
+
+
+def check_resources(settings: SearchSettings, address: str | None) -> None:
+    """On this machine, a trial asking for more than it has would wait forever: refuse it."""
+    if address:
+        return
+    cpus = os.cpu_count() or 1
+    if settings.cpus_per_trial > cpus:
+        raise PicoError(
+            f"--cpus-per-trial {settings.cpus_per_trial:g} exceeds this machine's {cpus}"
+        )
+    if settings.gpus_per_trial > 0:
+        import torch
+
+        if not torch.cuda.is_available():
+            raise PicoError("--gpus-per-trial needs a GPU, and this machine has none")
+
+
+def check_inputs(settings: SearchSettings, *, resume: bool, address: str | None) -> None:
+    """Every check that can fail before any work starts (one PicoError line each)."""
+    validate(settings)
+    check_resources(settings, address)
+    if address:
+        check_reachable(address)
+    check_storage(settings, resume)

@@ -77,10 +77,10 @@ def summary_lines(settings: SearchSettings) -> list[str]:
 
 
 def unfinished(settings: SearchSettings) -> int:
-    """How many trials the results file still shows as running (an interrupted search)."""
+    """Trials of the requested number that have not ended: still running, or never started."""
     if not settings.results_path.exists():
-        return 0
-    last = final_rows(
-        pd.read_parquet(settings.results_path, columns=["trial_id", "status", "is_last"])
-    )
-    return int((last["status"] == "running").sum())
+        return settings.num_samples
+    columns = ["trial_id", "status", "is_last"]
+    last = final_rows(pd.read_parquet(settings.results_path, columns=columns))
+    running = int((last["status"] == "running").sum())
+    return running + max(0, settings.num_samples - len(last))

@@ -1,4 +1,5 @@
-"""Optuna define-by-run search spaces, one per architecture, plus `all` and the `seed22` sweep.
+"""Optuna define-by-run search spaces, one per architecture, plus `all`, the `seed22` sweep and
+`tiny` (smoke tests).
 
 Each space is a function `(trial: optuna.Trial) -> dict` of `TrainConfig` fields; the fields it
 does not return (max_steps, corpus, ...) are fixed by the search command.
@@ -13,7 +14,7 @@ import optuna
 
 from pico.errors import PicoError
 from search_spaces import all as all_archs
-from search_spaces import kgram_mlp, kv_transformer, lstm, seed22
+from search_spaces import kgram_mlp, kv_transformer, lstm, seed22, tiny
 
 Space = Callable[[optuna.Trial], dict[str, Any]]
 
@@ -23,6 +24,7 @@ SPACES: dict[str, Space] = {
     "kv_transformer": kv_transformer.space,
     "all": all_archs.space,
     "seed22": seed22.space,
+    "tiny": tiny.space,
 }
 NAMED_CONFIGS = seed22.NAMED_CONFIGS
 # Fields derived from sampled ones rather than sampled themselves.
@@ -42,6 +44,8 @@ def warm_start_points(name: str) -> list[dict[str, Any]]:
     For `seed22` this is every config, which is how it runs as a fixed sweep.
     """
     get_space(name)
+    if name == "tiny":
+        return []
     if name == "seed22":
         return [{"config": config} for config in NAMED_CONFIGS]
     points = []

@@ -30,7 +30,7 @@ def test_every_sample_is_valid_and_builds(name):
         assert model.num_params() > 0
         archs.add(cfg.arch)
         study.tell(trial, 0.0)
-    if name in ("all", "seed22"):
+    if name in ("all", "seed22", "tiny"):
         assert archs == set(ARCH_FIELDS)
 
 
@@ -41,7 +41,7 @@ def test_at_least_22_named_configs_across_archs():
         TrainConfig(**FIXED, **fields).validate()
 
 
-@pytest.mark.parametrize("name", list(SPACES))
+@pytest.mark.parametrize("name", [name for name in SPACES if name != "tiny"])
 def test_warm_start_points_reproduce_the_named_configs(name):
     """An enqueued named config comes back out of the space unchanged."""
     points = warm_start_points(name)
