@@ -20,6 +20,8 @@ from importlib import metadata as importlib_metadata
 from pathlib import Path
 from typing import Any
 
+from ray.tune import Stopper
+
 from launch.export import ResultsExporter, utc_now
 from launch.results import ResultsTable
 from launch.settings import ASHA_METRIC, SearchSettings, check_inputs
@@ -138,9 +140,27 @@ def make_tuner(
             failure_config=tune.FailureConfig(max_failures=settings.max_failures),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
             callbacks=make_callbacks(settings, data, command),
+            stop=ComputeBudget(settings.compute_budget) if settings.compute_budget else None,
             verbose=verbosity,
         ),
     )
+
+
+class ComputeBudget(Stopper):
+    """A Tune stopper that ends the search once the trials' training FLOPs add up to `flops`
+    (counted from the start of this run of the driver: a resumed search starts a new count)."""
+
+    def __init__(self, flops: float):
+        self.flops = flops
+        self.spent: dict[str, float] = {}
+
+    def __call__(self, trial_id: str, result: dict[str, Any]) -> bool:
+        self.spent[trial_id] = float(result.get("train_flops", 0.0))
+        return False
+
+    def stop_all(self) -> bool:
+        """True once the budget is spent."""
+        return sum(self.spent.values()) >= self.flops
 
 
 def named_trainable(experiment: str):
@@ -165,6 +185,8 @@ def make_searcher(settings: SearchSettings) -> Any:
     import optuna
 
     from launch.searcher import PicoOptunaSearch, make_sampler
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
     from search_spaces import get_space, warm_start_points
 
     metrics = settings.metrics

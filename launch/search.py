@@ -51,6 +51,9 @@ def build_parser() -> ArgumentParser:
     p.add_argument(
         "--time-budget", type=float, dest="time_budget_s", help="seconds for the whole search"
     )
+    p.add_argument(
+        "--compute-budget", type=float, help="training FLOPs for the whole search, e.g. 2e14"
+    )
     p.add_argument("--sampler", help=f"{' | '.join(SAMPLERS)} [{d.sampler}]")
     p.add_argument("--objectives", help=f"comma-separated: {', '.join(OBJECTIVES)} [val_loss]")
     p.add_argument("--scheduler", help=f"{' | '.join(SCHEDULERS)} [asha; fifo for seed22]")
@@ -178,8 +181,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     print("\n".join(summary_lines(settings)))
     left = unfinished(settings)
-    if left and settings.time_budget_s:
-        print(f"the time budget ended the search with {left} trial(s) not run to their end")
+    if left and (settings.time_budget_s or settings.compute_budget):
+        print(f"the budget ended the search with {left} trial(s) not run to their end")
     elif left:
         print(
             f"interrupted with {left} trial(s) unfinished; continue with: python launch/search.py"

@@ -66,6 +66,7 @@ class SearchSettings:
     max_concurrent: int = 2
     max_failures: int = 2
     time_budget_s: float | None = None
+    compute_budget: float | None = None  # training FLOPs over all trials; then the search stops
     optuna_storage: str | None = None  # an Optuna RDB URL; default SQLite in the experiment
     wandb: str = "off"
     fail_at_step: int | None = None  # tests only: every trial fails once after this step
@@ -158,6 +159,8 @@ def validate(settings: SearchSettings) -> None:
         _positive(name, getattr(settings, name))
     if settings.time_budget_s is not None:
         _positive("time_budget", settings.time_budget_s)
+    if settings.compute_budget is not None:
+        _positive("compute_budget", settings.compute_budget)
     if settings.gpus_per_trial < 0 or settings.max_failures < 0:
         raise PicoError("--gpus-per-trial and --max-failures must be >= 0")
     if settings.reduction_factor <= 1:
