@@ -29,6 +29,9 @@ from launch.trainable import TrialSettings, param_space, train_trial, trial_conf
 from pico.errors import PicoError
 
 REPO = Path(__file__).resolve().parents[1]
+# The live table's columns: what distinguishes trials, and how they are doing.
+TABLE_PARAMETERS = ["arch", "d_model", "n_layer", "lr", "batch_size", "block_size"]
+TABLE_METRICS = {"step": "step", "val_loss": "val_loss", "n_params": "params"}
 PACKAGES = ("torch", "ray", "optuna", "pyarrow", "pandas", "numpy", "wandb")
 
 
@@ -106,6 +109,8 @@ def make_tuner(
     # A checkpoint at every evaluation forces a state snapshot each time (num_to_keep=1): by
     # design here, and cheap for small models, so Tune need not warn about it.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    # Tune's classic live table, with the columns below, rather than a config box per trial.
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     trial_settings = TrialSettings(
         str(Path(data.path).resolve()), settings.max_docs, settings.fail_at_step
     )
@@ -141,6 +146,11 @@ def make_tuner(
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
             callbacks=make_callbacks(settings, data, command),
             stop=ComputeBudget(settings.compute_budget) if settings.compute_budget else None,
+            progress_reporter=tune.CLIReporter(
+                parameter_columns=TABLE_PARAMETERS,
+                metric_columns=TABLE_METRICS,
+                max_report_frequency=15,
+            ),
             verbose=verbosity,
         ),
     )
