@@ -65,7 +65,7 @@ class ResultsExporter(Callback):
         self._loaded = False
         self._stopping: set[str] = set()
         self._dirty = False
-        self._last_write = 0.0
+        self._last_write = -math.inf  # the first result is written at once
 
     def _record(self, trial: Trial) -> TrialRecord:
         return self.table.trial(trial.trial_id, trial_config(trial.config).to_dict())

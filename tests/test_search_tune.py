@@ -145,3 +145,22 @@ def test_failed_trials_resume_from_checkpoints_exactly(ray_session, spaces, tmp_
     assert summary["status"] == "completed"
     for name in ("val_loss", "train_loss", "token_accuracy", "val_bpb", "grad_norm"):
         assert summary[name] == last.loc[trial_id, name], name
+
+
+def test_multi_objective_search_prints_a_pareto_set(ray_session, spaces, tmp_path):
+    from launch.summary import summary_lines
+
+    settings = tiny_settings(
+        tmp_path, num_samples=4, sampler="nsga2", objectives=["val_loss", "n_params"]
+    )
+    run_search(settings, verbosity=0)
+    study = optuna.load_study(study_name="exp", storage=settings.optuna_url)
+    assert len(study.directions) == 2
+    completed = [t for t in study.trials if t.state == TrialState.COMPLETE]
+    assert completed and all(len(t.values) == 2 for t in completed)
+    lines = summary_lines(settings)
+    assert "Pareto set (completed trials): val_loss, n_params" in lines
+    assert read_metadata(settings.results_path)["objectives"][1] == {
+        "name": "n_params",
+        "direction": "minimize",
+    }
