@@ -71,7 +71,9 @@ def summary_lines(settings: SearchSettings) -> list[str]:
     ]
     best = best_per_arch(last, metric, mode)
     if not best.empty:
-        trial = best.sort_values(metric, ascending=mode == "min").iloc[0]["trial_id"]
+        ranked = best.assign(_done=best["status"] != "completed")  # completed trials first
+        ranked = ranked.sort_values(["_done", metric], ascending=[True, mode == "min"])
+        trial = ranked.iloc[0]["trial_id"]
         lines.append(f"rerun:   python launch/train.py --from-results {path} --trial {trial}")
     return lines
 
