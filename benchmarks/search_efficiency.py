@@ -1,8 +1,8 @@
 """Search efficiency on the default corpus: the compute each strategy needs to reach the best
 val_loss of the 22 named configs.
 
-    python benchmarks/search_efficiency.py                     # about 40 minutes on 2 CPUs
-    python benchmarks/search_efficiency.py --max-steps 200     # shorter
+    python benchmarks/search_efficiency.py      # about an hour on 2 idle CPUs
+    python benchmarks/search_efficiency.py --max-steps 200 --eval-interval 25 --grace-period 25
 
 Three searches with the same compute budget, the training FLOPs of the first:
   seed22  the 22 named configs, each trained to --max-steps (no early stopping); its best final
@@ -37,6 +37,8 @@ def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--folder", type=Path, default=Path("runs/search_efficiency"))
     p.add_argument("--max-steps", type=int, default=SearchSettings.max_steps)
+    p.add_argument("--eval-interval", type=int, default=SearchSettings.eval_interval)
+    p.add_argument("--grace-period", type=int, default=SearchSettings.grace_period)
     p.add_argument("--seed", type=int, default=0)
     return p.parse_args()
 
@@ -56,6 +58,8 @@ def run(name: str, changes: dict, args: argparse.Namespace, budget: float | None
         name=name,
         storage=str(args.folder.resolve()),
         max_steps=args.max_steps,
+        eval_interval=args.eval_interval,
+        grace_period=args.grace_period,
         seed=args.seed,
         compute_budget=budget,
         **changes,
