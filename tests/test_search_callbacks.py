@@ -108,3 +108,14 @@ def test_compute_budget_stops_once_spent():
     stop("b", result(20))
     stop("a", result(30))  # a trial's latest count replaces its earlier one
     assert stop.spent == {"a": 3e10, "b": 2e10} and stop.stop_all()
+
+
+def test_an_errored_trial_keeps_its_error_line(tmp_path):
+    export = exporter(tmp_path)
+    trial = fake_trial("a")
+    trial.num_failures = 3
+    trial.get_error = lambda: "Traceback (most recent call last):\n  ...\nValueError: boom\n"
+    export.on_trial_error(0, [], trial)  # failed before its first evaluation
+    (record,) = read_trials(export.table.path)
+    assert (record.status, record.error, record.retries) == ("errored", "ValueError: boom", 3)
+    assert record.evals == {}
