@@ -165,6 +165,12 @@ def main(argv: list[str] | None = None) -> int:
     settings = resumed_settings(given) if args.resume else new_settings(given)
     # Bad input fails here, in about a second, before Ray and torch are imported.
     check_inputs(settings, resume=args.resume, address=args.address)
+    if args.address and not settings.is_remote:
+        print(
+            f"note: trials on other nodes write checkpoints to {settings.storage} there: it must "
+            "be a shared file system (or pass --storage s3://...) for retries and --resume",
+            file=sys.stderr,
+        )
 
     from launch.experiment import run_search
     from launch.summary import summary_lines, unfinished
