@@ -5,8 +5,8 @@
 Every `eval_interval` steps (and at the last step) the model is scored on the fixed evaluation
 set and the flat metrics record (see pico/metrics.py) is handed to `on_eval(record, save)`, where
 `save(folder)` writes a checkpoint from which `train(..., resume_from=folder)` continues exactly as
-an uninterrupted run would. A NaN or infinite loss ends the run with status "diverged": the last
-record carries `diverged=True` and nothing is raised.
+an uninterrupted run would. A NaN or infinite loss ends the run, at the evaluation that follows it,
+with status "diverged": the last record carries `diverged=True` and nothing is raised.
 """
 
 from __future__ import annotations
@@ -120,14 +120,12 @@ def train(
 
     status, record = "completed", {}
     while run.counters["step"] < cfg.max_steps:
-        loss = run.train_step()
+        run.train_step()
         if bar is not None:
             bar.update(1)
-            bar.set_postfix(loss=f"{loss:.3f}")
-        diverged = not np.isfinite(loss) or not np.isfinite(run.grad_norm)
         step = run.counters["step"]
-        if diverged or step % cfg.eval_interval == 0 or step == cfg.max_steps:
-            record = run.evaluate(diverged)
+        if step % cfg.eval_interval == 0 or step == cfg.max_steps:
+            record = run.evaluate()
             save = functools.partial(run.save, record=dict(record))
             if out_dir is not None:
                 _write_outputs(Path(out_dir), record, save)
@@ -135,9 +133,9 @@ def train(
                 on_eval(record, save)
             if bar is not None:
                 bar.write(_format_record(record))
-        if diverged:
-            status = "diverged"
-            break
+            if record["diverged"]:
+                status = "diverged"
+                break
     if bar is not None:
         bar.close()
     return TrainResult(status=status, metrics=record, model=run.model)
@@ -161,35 +159,43 @@ class _Run:
         self._reset_window()
 
     def _reset_window(self) -> None:
-        """Start a new averaging window for train_loss and tokens_per_s."""
-        self.loss_sum, self.loss_count, self.train_time = 0.0, 0, 0.0
-        self.grad_norm, self.lr = float("nan"), float("nan")
+        """Start a new window over which train_loss and tokens_per_s are averaged."""
+        self.loss_sum = torch.zeros((), device=self.device)
+        self.loss_count = 0
+        self.grad_norm = torch.full((), float("nan"), device=self.device)
+        self.lr = float("nan")
+        self.window_start = time.perf_counter()
 
-    def train_step(self) -> float:
-        """One optimizer step (skipped if the loss is not finite); returns the mean loss."""
+    def train_step(self) -> None:
+        """One optimizer step. Nothing here waits for the device: the loss and gradient norm
+        stay tensors until the next evaluation reads them, so GPU work queues up unbroken."""
         self.lr = lr_at(self.counters["step"], self.cfg)
         for group in self.optimizer.param_groups:
             group["lr"] = self.lr
-        t0 = time.perf_counter()
         loss = _accumulate_gradients(
             self.step_model, self.batches, self.cfg, self.device, self.autocast_dtype
         )
         self.grad_norm = _clip(self.model, self.cfg.grad_clip)
-        if np.isfinite(loss) and np.isfinite(self.grad_norm):
-            self.optimizer.step()
+        self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
-        _synchronize(self.device)
-        self.train_time += time.perf_counter() - t0
         self.loss_sum += loss
         self.loss_count += 1
         self.counters["step"] += 1
         self.counters["tokens_seen"] += self.tokens_per_step
-        return loss
 
-    def evaluate(self, diverged: bool) -> dict[str, Any]:
-        """Score on the fixed evaluation set (not when diverged) and build the record."""
+    def evaluate(self) -> dict[str, Any]:
+        """Close the training window, score on the fixed evaluation set and build the record.
+
+        A window whose loss or gradient norm is not finite has diverged: it is not scored (its
+        metrics are NaN) and the record says `diverged`. Divergence is therefore noticed at the
+        evaluation that follows it, at most `eval_interval` steps late.
+        """
+        _synchronize(self.device)
+        train_time = time.perf_counter() - self.window_start
+        train_loss = float(self.loss_sum) / self.loss_count
+        grad_norm = float(self.grad_norm)
         scores = None
-        if not diverged:
+        if np.isfinite(train_loss) and np.isfinite(grad_norm):
             scores = evaluate(
                 self.model,
                 self.eval_set,
@@ -202,11 +208,11 @@ class _Run:
         record = training_record(
             model=self.model,
             counters=self.counters,
-            train_loss=self.loss_sum / self.loss_count,
+            train_loss=train_loss,
             scores=scores,
-            grad_norm=self.grad_norm,
+            grad_norm=grad_norm,
             lr=self.lr,
-            tokens_per_s=self.loss_count * self.tokens_per_step / max(self.train_time, 1e-9),
+            tokens_per_s=self.loss_count * self.tokens_per_step / max(train_time, 1e-9),
         )
         self._reset_window()
         return record
@@ -244,6 +250,7 @@ class _Run:
         self.counters = {key: state[key] for key in ("step", "tokens_seen", "elapsed_s")}
         # Wall time continues from where the checkpointed run stood.
         self.wall_start = time.perf_counter() - self.counters["elapsed_s"]
+        self._reset_window()
 
 
 def _accumulate_gradients(
@@ -253,21 +260,21 @@ def _accumulate_gradients(
     device: torch.device,
     autocast_dtype: torch.dtype | None,
 ) -> float:
-    """Forward and backward over `grad_accum` micro-batches; returns their mean loss."""
-    total = 0.0
+    """Forward and backward over `grad_accum` micro-batches; their mean loss, detached."""
+    total = torch.zeros((), device=device)
     for _ in range(cfg.grad_accum):
         x, y = batches.next()
         with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
             _, loss = model(x, y)
         (loss / cfg.grad_accum).backward()
-        total += loss.item()
+        total += loss.detach().float()
     return total / cfg.grad_accum
 
 
-def _clip(model: torch.nn.Module, max_norm: float) -> float:
-    """Global gradient norm before clipping; clip to `max_norm` unless it is 0."""
+def _clip(model: torch.nn.Module, max_norm: float) -> torch.Tensor:
+    """Global gradient norm before clipping (a tensor); clip to `max_norm` unless it is 0."""
     limit = max_norm if max_norm > 0 else float("inf")
-    return float(torch.nn.utils.clip_grad_norm_(model.parameters(), limit))
+    return torch.nn.utils.clip_grad_norm_(model.parameters(), limit)
 
 
 def _synchronize(device: torch.device) -> None:
@@ -290,7 +297,7 @@ def _progress_bar(cfg: TrainConfig, start: int):
 
 
 def _format_record(record: dict[str, Any]) -> str:
-    if record.get("diverged"):
+    if record["diverged"]:
         return f"step {record['step']}: diverged (train_loss={record['train_loss']})"
     return (
         f"step {record['step']:>6}  train_loss {record['train_loss']:.4f}  "
