@@ -23,7 +23,7 @@ from typing import Any
 from ray.tune import Stopper
 
 from launch.export import ResultsExporter, utc_now
-from launch.results import ResultsTable
+from launch.results import ResultsTable, read_trials
 from launch.settings import ASHA_METRIC, SearchSettings, check_inputs
 from launch.trainable import TrialSettings, param_space, train_trial, trial_config
 from pico.errors import PicoError
@@ -52,7 +52,21 @@ def run_search(
             settings.save()
         tuner = make_tuner(settings, data, resume=resume, verbosity=verbosity, command=command)
         tuner.fit()
+    if not any(r.status == "running" for r in read_trials(settings.results_path)):
+        close_study(settings)  # not interrupted: no trial will report again
     return settings.results_path
+
+
+def close_study(settings: SearchSettings) -> None:
+    """Tell Optuna how the trials that a budget stopped ended: Tune stops them without telling
+    the searcher. PRUNED with their intermediate values, or FAIL without any."""
+    import optuna
+    from optuna.trial import TrialState
+
+    study = optuna.load_study(study_name=settings.name, storage=settings.optuna_url)
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        reported = trial.intermediate_values or len(study.directions) > 1
+        study.tell(trial.number, state=TrialState.PRUNED if reported else TrialState.FAIL)
 
 
 @contextmanager
@@ -241,7 +255,11 @@ def make_callbacks(settings: SearchSettings, data: Any, command: str) -> list[An
     table = ResultsTable(
         settings.results_path, settings.name, experiment_metadata(settings, data, command)
     )
-    callbacks: list[Any] = [ResultsExporter(table, settings.max_steps, settings.asha_milestones())]
+    budgets = (settings.time_budget_s, settings.compute_budget)
+    exporter = ResultsExporter(
+        table, settings.max_steps, settings.asha_milestones(), budgets=budgets
+    )
+    callbacks: list[Any] = [exporter]
     if settings.wandb != "off":
         from launch.tracking import WandbTracker
 

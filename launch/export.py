@@ -57,11 +57,14 @@ class ResultsExporter(Callback):
         max_steps: int,
         milestones: list[float] | None = None,
         min_interval_s: float = 2.0,
+        budgets: tuple[float | None, float | None] = (None, None),
     ):
         self.table = table
         self.max_steps = max_steps
         self.milestones = milestones or []
         self.min_interval_s = min_interval_s
+        self.time_budget_s, self.compute_budget = budgets
+        self._started = math.inf
         self._loaded = False
         self._stopping: set[str] = set()
         self._dirty = False
@@ -79,6 +82,9 @@ class ResultsExporter(Callback):
         except OSError as exc:  # a full disk must not stop the search; the old file stays
             logger.warning("could not write %s: %s", self.table.path, exc)
         self._dirty, self._last_write = False, time.monotonic()
+
+    def setup(self, **info: Any) -> None:
+        self._started = time.monotonic()
 
     def on_step_begin(self, iteration: int, trials: list[Trial], **info: Any) -> None:
         if not self._loaded:  # first step: a resumed search continues from the last file
@@ -142,8 +148,28 @@ class ResultsExporter(Callback):
         self._write(force=True)
 
     def on_experiment_end(self, trials: list[Trial], **info: Any) -> None:
+        # A budget stops the trials still running without telling callbacks; an interrupt
+        # leaves them running too, but they continue on --resume, so they stay "running".
+        if self._budget_spent():
+            for trial in trials:
+                record = self.table.trials.get(trial.trial_id)
+                if record is not None and record.status == "running":
+                    record.status = final_status(trial.last_result, self.max_steps)
         self.table.metadata["ended_at"] = utc_now()
         self._write(force=True)
+
+    def _budget_spent(self) -> bool:
+        """Whether the time or compute budget (if any) has run out."""
+        # Tune's clock starts a moment before ours: allow for it.
+        elapsed = time.monotonic() - self._started
+        if self.time_budget_s is not None and elapsed >= 0.95 * self.time_budget_s:
+            return True
+        flops = sum(
+            max(r["train_flops"] or 0 for r in t.evals.values())
+            for t in self.table.trials.values()
+            if t.evals
+        )
+        return self.compute_budget is not None and flops >= self.compute_budget
 
 
 def _last_line(text: str) -> str:

@@ -164,3 +164,15 @@ def test_multi_objective_search_prints_a_pareto_set(ray_session, spaces, tmp_pat
         "name": "n_params",
         "direction": "minimize",
     }
+
+
+def test_a_time_budget_stops_the_search(ray_session, spaces, tmp_path):
+    settings = tiny_settings(
+        tmp_path, num_samples=50, max_steps=100_000, time_budget_s=12, scheduler="fifo"
+    )
+    run_search(settings, verbosity=0)
+    last = last_rows(settings.results_path)
+    assert set(last.status) == {"stopped"} and (last.step < 100_000).all()
+    study = optuna.load_study(study_name="exp", storage=settings.optuna_url)
+    assert {t.state for t in study.trials} <= {TrialState.PRUNED, TrialState.FAIL}
+    assert any(t.state == TrialState.PRUNED for t in study.trials)
