@@ -157,7 +157,7 @@ def make_tuner(
             name=settings.name,
             storage_path=settings.storage,
             failure_config=tune.FailureConfig(max_failures=settings.max_failures),
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
             callbacks=make_callbacks(settings, data, command),
             stop=ComputeBudget(settings.compute_budget) if settings.compute_budget else None,
             progress_reporter=tune.CLIReporter(
