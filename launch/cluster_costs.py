@@ -1,7 +1,7 @@
 """Measure what sizes a cluster search: the cost of one trial, and the driver's cost per result.
 
     python launch/cluster_costs.py trials [--configs tf-e128-l4-silu,...] [--device cuda]
-    python launch/cluster_costs.py driver [--trials 200] [--evals 8] [--num-to-keep 1]
+    python launch/cluster_costs.py driver [--trials 200] [--evals 8] [--num-to-keep 2]
 
 `trials` trains seed22 configs one after another as a search trial would (same loop, an
 evaluation and a checkpoint every `--eval-interval` steps) and prints, per config, the wall
@@ -10,8 +10,8 @@ checkpoint. Run it on one worker of the cluster you plan: docs/scaling.md turns 
 GPU-hours.
 
 `driver` runs a Ray Tune experiment on this machine with Pico's own searcher (Optuna, every
-evaluation told as an intermediate value), results exporter and checkpoint settings (one
-checkpoint kept per trial; `--num-to-keep` to compare others), but trials
+evaluation told as an intermediate value), results exporter and checkpoint settings (two
+checkpoints kept per trial; `--num-to-keep` to compare others), but trials
 that only report: every trial sends `--evals` results, each with a small checkpoint, as fast as
 the driver takes them. It prints results per second and trials per second, the most a search's
 driver processes whatever the cluster's size; the time of one results-file write at the end, when
@@ -244,7 +244,7 @@ def main(argv: list[str] | None = None) -> int:
     driver.add_argument("--concurrent", type=int, default=2, help="trials at once")
     driver.add_argument("--checkpoint-bytes", type=int, default=100_000)
     driver.add_argument(
-        "--num-to-keep", type=int, default=1, help="checkpoints kept per trial, 0: all [1, as Pico]"
+        "--num-to-keep", type=int, default=2, help="checkpoints kept per trial, 0: all [2, as Pico]"
     )
     args = parser.parse_args(argv)
     rows = measure_trials(args) if args.what == "trials" else [measure_driver(args)]

@@ -344,15 +344,18 @@ def test_a_trial_on_a_lost_worker_resumes_on_another_node(
 
     last = trials_once(experiment / "results.parquet", 4)
     assert last.loc[victim["trial"], "retries"] >= 1
-    # It went on from its checkpoint (no step reported twice), in a new actor on another node.
+    # It went on in a new actor on another node, from a checkpoint, not from step 0. It may be
+    # the checkpoint before the last result's: Tune registers a result's checkpoint in a second
+    # call to the actor, which a dying node may not answer. The evaluations after it are then
+    # trained and reported again, and the results file holds each once (checked above).
     [reported] = [
         r for r in trial_results(experiment).values() if r[0]["trial_id"] == victim["trial"]
     ]
-    steps = [r["step"] for r in reported]
-    assert steps == sorted(set(steps)) and steps[-1] == MAX_STEPS
+    after = [r for r in reported if r["pid"] != reported[0]["pid"]]
+    assert after and after[0]["step"] > EVAL_INTERVAL and after[-1]["step"] == MAX_STEPS
     actors = {a["pid"]: a["node_id"] for a in cluster.dashboard.trial_actors()}
     assert actors[reported[0]["pid"]] == victim["node"]
-    assert actors[reported[-1]["pid"]] != victim["node"]
+    assert actors[after[0]["pid"]] != victim["node"]
 
 
 @pytest.mark.xfail(
