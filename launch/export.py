@@ -9,10 +9,13 @@ retry replaces its rows from that step on, so every trial appears exactly once.
 
 from __future__ import annotations
 
+import contextlib
+import json
 import logging
 import math
 import time
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from ray.tune import Callback
@@ -41,6 +44,21 @@ def final_status(result: dict[str, Any], max_steps: int) -> str:
     if result.get("step", 0) >= max_steps:
         return "completed"
     return "early_stopped" if result.get("done") else "stopped"
+
+
+def logged_results(trial: Trial) -> list[dict[str, Any]]:
+    """The evaluations Tune logged for `trial` (its `result.json`), oldest first."""
+    folders = [getattr(trial, "local_path", None), getattr(trial, "path", None)]
+    for folder in filter(None, folders):
+        path = Path(folder) / "result.json"
+        if path.is_file():
+            lines = path.read_text().splitlines()
+            results = []
+            for line in lines:
+                with contextlib.suppress(json.JSONDecodeError):  # a line cut by a crash
+                    results.append(json.loads(line))
+            return [r for r in results if isinstance(r, dict) and "step" in r]
+    return []
 
 
 def utc_now() -> str:
@@ -94,10 +112,15 @@ class ResultsExporter(Callback):
                 self._reconcile(trial)
 
     def _reconcile(self, trial: Trial) -> None:
-        """Align a restored trial's record with the state Tune restored it in."""
-        if trial.trial_id not in self.table.trials:
+        """Align a restored trial's record with the state Tune restored it in, and recover the
+        evaluations it reported after the file was last written (from Tune's log of results:
+        the trial resumes from a checkpoint past them, so it will not report them again)."""
+        logged = logged_results(trial)
+        if trial.trial_id not in self.table.trials and not logged:
             return
-        record = self.table.trials[trial.trial_id]
+        record = self._record(trial)
+        for result in logged:
+            record.backfill(result)
         if trial.status == Trial.ERROR:
             record.status = "errored"
         elif trial.status == Trial.TERMINATED and record.status == "running":
@@ -120,6 +143,7 @@ class ResultsExporter(Callback):
         record.status = final_status(result, self.max_steps) if ended else "running"
         record.rung = sum(1 for m in self.milestones if record.last_step >= m)
         record.node = result.get("node_ip", record.node)
+        record.node_id = result.get("node_id", record.node_id)
         record.device = result.get("device", record.device)
         record.decode_latency_ms = result.get("decode_latency_ms", record.decode_latency_ms)
         record.retries = trial.num_failures

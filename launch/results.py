@@ -36,6 +36,7 @@ TRIAL_COLUMNS = [
     *HP_COLUMNS,
     ("rung", pa.int64()),
     ("node", pa.string()),
+    ("node_id", pa.string()),
     ("device", pa.string()),
     ("seed", pa.int64()),
     ("config_fingerprint", pa.string()),
@@ -75,6 +76,7 @@ class TrialRecord:
     evals: dict[int, dict[str, Any]] = field(default_factory=dict)
     rung: int = 0
     node: str | None = None
+    node_id: str | None = None
     device: str | None = None
     checkpoint: str | None = None
     error: str | None = None
@@ -87,6 +89,10 @@ class TrialRecord:
         step = int(metrics["step"])
         self.evals = {s: row for s, row in self.evals.items() if s < step}
         self.evals[step] = {name: metrics.get(name) for name in METRIC_NAMES}
+
+    def backfill(self, metrics: dict[str, Any]) -> None:
+        """Record an evaluation only if its step is missing (recovered from Tune's own log)."""
+        self.evals.setdefault(int(metrics["step"]), {n: metrics.get(n) for n in METRIC_NAMES})
 
     @property
     def last_step(self) -> int:
@@ -105,6 +111,7 @@ class TrialRecord:
             **{f"hp_{k}": None if k in unused else v for k, v in cfg.to_dict().items()},
             "rung": self.rung,
             "node": self.node,
+            "node_id": self.node_id,
             "device": self.device,
             "seed": cfg.seed,
             "config_fingerprint": cfg.fingerprint(),
@@ -171,7 +178,7 @@ def read_trials(path: str | Path) -> list[TrialRecord]:
         if record is None:
             config = {name[3:]: row[name] for name in hp_names if row[name] is not None}
             record = TrialRecord(row["trial_id"], config, status=row["status"])
-            for name in ("rung", "node", "device", "checkpoint", "error", "retries"):
+            for name in ("rung", "node", "node_id", "device", "checkpoint", "error", "retries"):
                 setattr(record, name, row[name])
             record.decode_latency_ms = row["decode_latency_ms"]
             records[record.trial_id] = record

@@ -108,9 +108,9 @@ class PicoOptunaSearch(OptunaSearch):
         state, values = self._outcome(result, error)
         if state is not TrialState.FAIL:
             self._report(trial_id, result)  # Tune withholds the result that stopped the trial
-        if result is not None:
-            ot_trial.set_user_attr("last_step", result.get(STEP_KEY))
         try:
+            if result is not None:
+                ot_trial.set_user_attr("last_step", result.get(STEP_KEY))
             self._ot_study.tell(ot_trial, values, state=state)
         except (ValueError, RuntimeError) as exc:  # e.g. the storage already holds it finished
             logger.warning("could not tell Optuna how trial %s ended: %s", trial_id, exc)
@@ -136,15 +136,24 @@ class PicoOptunaSearch(OptunaSearch):
         value, step = result.get(self._metric), result.get(STEP_KEY)
         if step is None or step <= self._last_reported.get(trial_id, -1):
             return  # Optuna keeps the first value reported at a step
-        if isinstance(value, int | float) and math.isfinite(value):
+        if not (isinstance(value, int | float) and math.isfinite(value)):
+            return
+        try:
             self._ot_trials[trial_id].report(float(value), int(step))
-            self._last_reported[trial_id] = int(step)
+        except RuntimeError as exc:  # the storage holds it finished: bookkeeping, not training
+            logger.warning("could not report trial %s to Optuna: %s", trial_id, exc)
+        self._last_reported[trial_id] = int(step)
 
     def restore(self, checkpoint_path: str) -> None:
-        """Restore the searcher; trials Optuna handed out after the checkpoint are failed, since
-        Tune will never run them (the resumed search asks for new ones instead)."""
+        """Restore the searcher and reconcile it with the study, which is newer than the
+        checkpoint: trials Optuna handed out after it are failed (Tune will never run them: the
+        resumed search asks for new ones), and trials told after it stay told (Tune may run
+        them once more from an older state; Optuna already has their outcome)."""
         super().restore(checkpoint_path)
-        known = {t.number for t in self._ot_trials.values()}
-        for trial in self._ot_study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-            if trial.number not in known:
+        running = TrialState.RUNNING
+        numbers = {t.number: tid for tid, t in self._ot_trials.items()}
+        for trial in self._ot_study.get_trials(deepcopy=False):
+            if trial.state == running and trial.number not in numbers:
                 self._ot_study.tell(trial.number, state=TrialState.FAIL)
+            elif trial.state != running and trial.number in numbers:
+                self._completed_trials.add(numbers[trial.number])

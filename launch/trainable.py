@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import ray
 import torch
 from ray import tune
 
@@ -61,7 +62,11 @@ def train_trial(config: dict[str, Any]) -> None:
         torch.set_num_threads(cfg.num_threads)  # the CPUs Ray gave this trial, no more
     data = load_data(cfg, settings)
     checkpoint = tune.get_checkpoint()
-    extra = {"device": _device_name(cfg), "decode_latency_ms": decode_latency_ms(cfg, data)}
+    extra = {
+        "device": _device_name(cfg),
+        "node_id": ray.get_runtime_context().get_node_id(),
+        "decode_latency_ms": decode_latency_ms(cfg, data),
+    }
     fail_at = settings.fail_at_step if checkpoint is None else None
 
     def on_eval(metrics: dict[str, Any], save) -> None:

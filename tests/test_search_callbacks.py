@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from types import SimpleNamespace
 
@@ -66,14 +67,24 @@ def test_a_resumed_exporter_reconciles_with_the_restored_trials(tmp_path):
         fake_trial("a", Trial.TERMINATED, **result(20, done=True)),
         fake_trial("b", Trial.PENDING, **result(10)),
         fake_trial("c", Trial.PENDING, **result(10, done=True)),  # a stop Tune had not done
+        fake_trial("e", Trial.PENDING, **result(10)),  # reported after the file's last write
         # "d" is unknown to Tune: it started after Tune last saved its state, and goes
     ]
+    # Tune's own log of results: what the file missed is recovered from it.
+    for trial, steps in zip(restored, ([10, 20], [10], [10], [10]), strict=True):
+        trial.local_path = tmp_path / trial.trial_id
+        trial.local_path.mkdir()
+        lines = [json.dumps(result(step)) for step in steps]
+        (trial.local_path / "result.json").write_text("\n".join(lines) + "\n{cut")
     resumed.on_step_begin(0, restored)
     assert {k: r.status for k, r in resumed.table.trials.items()} == {
         "a": "early_stopped",
         "b": "running",
         "c": "running",
+        "e": "running",
     }
+    assert sorted(resumed.table.trials["a"].evals) == [10, 20]
+    assert sorted(resumed.table.trials["e"].evals) == [10]
     c = restored[2]
     resumed.on_trial_result(0, [], c, result(10))  # rerun from scratch, then stopped by Tune
     c.last_result = result(10)

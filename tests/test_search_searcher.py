@@ -88,14 +88,20 @@ def test_restore_fails_trials_asked_after_the_checkpoint(tmp_path):
     storage = optuna.storages.RDBStorage(f"sqlite:///{tmp_path / 'optuna.db'}")
     search = searcher(storage=storage, study_name="exp")
     search.suggest("a")
+    search.suggest("c")
     search.save(str(tmp_path / "searcher.pkl"))
     search.suggest("b")  # asked, then the driver died before the next checkpoint
+    search.on_trial_complete("c", run(search, "c", [3.0, 2.5], done=True))  # told, likewise
     restored = pickle.loads(pickle.dumps(searcher(storage=storage, study_name="exp")))
     restored.restore(str(tmp_path / "searcher.pkl"))
     states = [t.state for t in restored.study.trials]
-    assert states == [TrialState.RUNNING, TrialState.FAIL]
+    assert states == [TrialState.RUNNING, TrialState.PRUNED, TrialState.FAIL]
+    # Tune runs "c" once more from its older state: Optuna keeps what it was told.
+    restored.on_trial_result("c", {"step": 30, "val_loss": 2.0})
+    restored.on_trial_complete("c", {"step": 40, "val_loss": 1.9})
     restored.on_trial_complete("a", run(restored, "a", [2.0, 1.9, 1.8, 1.7]))
-    assert restored.study.trials[0].state == TrialState.COMPLETE
+    states = [t.state for t in restored.study.trials]
+    assert states == [TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL]
 
 
 @pytest.mark.parametrize("name", SAMPLERS)

@@ -92,6 +92,7 @@ def test_search_with_asha_divergence_and_wandb(ray_session, spaces, tmp_path):
     assert (last[last.status == "completed"].step == 40).all()
     assert last.checkpoint.map(os.path.isdir).all()
     assert (last.device == "cpu").all() and last.decode_latency_ms.gt(0).all()
+    assert last.node_id.str.len().gt(0).all() and last.node.notna().all()
     meta = read_metadata(path)
     assert meta["scheduler"]["name"] == "asha" and meta["ended_at"]
 
@@ -168,7 +169,7 @@ def test_multi_objective_search_prints_a_pareto_set(ray_session, spaces, tmp_pat
 
 def test_a_time_budget_stops_the_search(ray_session, spaces, tmp_path):
     settings = tiny_settings(
-        tmp_path, num_samples=50, max_steps=100_000, time_budget_s=12, scheduler="fifo"
+        tmp_path, num_samples=50, max_steps=100_000, time_budget_s=20, scheduler="fifo"
     )
     run_search(settings, verbosity=0)
     last = last_rows(settings.results_path)
