@@ -58,15 +58,27 @@ def run_search(
 
 
 def close_study(settings: SearchSettings) -> None:
-    """Tell Optuna how the trials that a budget stopped ended: Tune stops them without telling
-    the searcher. PRUNED with their intermediate values, or FAIL without any."""
+    """Tell Optuna the outcome of every trial it still holds as running, from the results file.
+
+    Tune stops the trials a budget cuts short without telling the searcher, and after a crash
+    the searcher may lag behind the trials Tune ran; the results file knows how each ended.
+    A trial that never reported (handed out, then lost in a crash) is FAIL.
+    """
     import optuna
     from optuna.trial import TrialState
 
+    trials = {r.trial_id: r for r in read_trials(settings.results_path)}
     study = optuna.load_study(study_name=settings.name, storage=settings.optuna_url)
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        reported = trial.intermediate_values or len(study.directions) > 1
-        study.tell(trial.number, state=TrialState.PRUNED if reported else TrialState.FAIL)
+        record = trials.get(trial.user_attrs.get("tune_trial_id"))
+        state, values = TrialState.FAIL, None
+        if record is not None and record.evals and record.status != "errored":
+            last = record.evals[record.last_step]
+            if record.status == "completed":
+                state, values = TrialState.COMPLETE, [last[m] for m, _ in settings.metrics]
+            elif record.status in ("early_stopped", "stopped"):
+                state = TrialState.PRUNED
+        study.tell(trial.number, values, state=state)
 
 
 @contextmanager

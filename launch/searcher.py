@@ -101,10 +101,10 @@ class PicoOptunaSearch(OptunaSearch):
         self, trial_id: str, result: dict[str, Any] | None = None, error: bool = False
     ) -> None:
         """Tell Optuna how the trial ended: COMPLETE, PRUNED or FAIL (see the module docstring)."""
-        if trial_id in self._completed_trials or trial_id not in self._ot_trials:
+        ot_trial = self._trial(trial_id)
+        if trial_id in self._completed_trials or ot_trial is None:
             return
         self._completed_trials.add(trial_id)
-        ot_trial = self._ot_trials[trial_id]
         state, values = self._outcome(result, error)
         if state is not TrialState.FAIL:
             self._report(trial_id, result)  # Tune withholds the result that stopped the trial
@@ -131,7 +131,8 @@ class PicoOptunaSearch(OptunaSearch):
 
     def _report(self, trial_id: str, result: dict[str, Any] | None) -> None:
         # Optuna keeps intermediate values for single-objective studies only.
-        if self._multi_objective or not result or trial_id not in self._ot_trials:
+        ot_trial = self._trial(trial_id)
+        if self._multi_objective or not result or ot_trial is None:
             return
         value, step = result.get(self._metric), result.get(STEP_KEY)
         if step is None or step <= self._last_reported.get(trial_id, -1):
@@ -139,21 +140,26 @@ class PicoOptunaSearch(OptunaSearch):
         if not (isinstance(value, int | float) and math.isfinite(value)):
             return
         try:
-            self._ot_trials[trial_id].report(float(value), int(step))
+            ot_trial.report(float(value), int(step))
         except RuntimeError as exc:  # the storage holds it finished: bookkeeping, not training
             logger.warning("could not report trial %s to Optuna: %s", trial_id, exc)
         self._last_reported[trial_id] = int(step)
 
+    def _trial(self, trial_id: str) -> optuna.Trial | None:
+        """The Optuna trial of a Tune trial. One this searcher does not know (its checkpoint is
+        older than Tune's state after a crash) is found in the study by its Tune id."""
+        if trial_id not in self._ot_trials:
+            for frozen in self._ot_study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+                if frozen.user_attrs.get("tune_trial_id") == trial_id:
+                    # Optuna's storage id; the trial number is not what Trial() takes.
+                    self._ot_trials[trial_id] = optuna.Trial(self._ot_study, frozen._trial_id)
+        return self._ot_trials.get(trial_id)
+
     def restore(self, checkpoint_path: str) -> None:
-        """Restore the searcher and reconcile it with the study, which is newer than the
-        checkpoint: trials Optuna handed out after it are failed (Tune will never run them: the
-        resumed search asks for new ones), and trials told after it stay told (Tune may run
-        them once more from an older state; Optuna already has their outcome)."""
+        """Restore the searcher, keeping told what the study (newer than the checkpoint) says
+        is finished: Tune may run such a trial once more from an older state."""
         super().restore(checkpoint_path)
-        running = TrialState.RUNNING
         numbers = {t.number: tid for tid, t in self._ot_trials.items()}
         for trial in self._ot_study.get_trials(deepcopy=False):
-            if trial.state == running and trial.number not in numbers:
-                self._ot_study.tell(trial.number, state=TrialState.FAIL)
-            elif trial.state != running and trial.number in numbers:
+            if trial.state != TrialState.RUNNING and trial.number in numbers:
                 self._completed_trials.add(numbers[trial.number])

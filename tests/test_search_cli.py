@@ -151,7 +151,11 @@ def test_interrupt_and_kill_then_resume(repo_root, tmp_path):
     assert not df.duplicated(["trial_id", "step"]).any()
     last = df[df.is_last]
     assert len(last) == samples and last.trial_id.is_unique
-    assert set(last.status) <= {"completed", "early_stopped"}, last.status.value_counts()
+    assert set(last.status) <= {"completed", "early_stopped", "errored"}, last.status.value_counts()
+    # Ray's limit (docs/search.md): a driver killed just after Tune deleted a trial's older
+    # checkpoint, before it saved its state, leaves that trial nothing to resume from.
+    errored = last[last.status == "errored"]
+    assert len(errored) <= 1 and errored.error.str.contains("checkpoint").all(), errored.error
     study = optuna.load_study(
         study_name=name, storage=f"sqlite:///{tmp_path / 'exp' / name / 'optuna.db'}"
     )

@@ -84,7 +84,7 @@ def test_warm_start_points_are_enqueued():
     assert first == expected
 
 
-def test_restore_fails_trials_asked_after_the_checkpoint(tmp_path):
+def test_restore_reconciles_with_a_newer_study(tmp_path):
     storage = optuna.storages.RDBStorage(f"sqlite:///{tmp_path / 'optuna.db'}")
     search = searcher(storage=storage, study_name="exp")
     search.suggest("a")
@@ -95,13 +95,17 @@ def test_restore_fails_trials_asked_after_the_checkpoint(tmp_path):
     restored = pickle.loads(pickle.dumps(searcher(storage=storage, study_name="exp")))
     restored.restore(str(tmp_path / "searcher.pkl"))
     states = [t.state for t in restored.study.trials]
-    assert states == [TrialState.RUNNING, TrialState.PRUNED, TrialState.FAIL]
+    assert states == [TrialState.RUNNING, TrialState.PRUNED, TrialState.RUNNING]
     # Tune runs "c" once more from its older state: Optuna keeps what it was told.
     restored.on_trial_result("c", {"step": 30, "val_loss": 2.0})
     restored.on_trial_complete("c", {"step": 40, "val_loss": 1.9})
+    # Tune's state knew "b" (newer than the searcher's checkpoint): found by its Tune id.
+    restored.on_trial_result("b", {"step": 10, "val_loss": 2.5})
+    restored.on_trial_complete("b", {"step": 40, "val_loss": 1.5})
     restored.on_trial_complete("a", run(restored, "a", [2.0, 1.9, 1.8, 1.7]))
-    states = [t.state for t in restored.study.trials]
-    assert states == [TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL]
+    a, c, b = restored.study.trials
+    assert (a.state, b.state, c.state) == (TrialState.COMPLETE,) * 2 + (TrialState.PRUNED,)
+    assert b.intermediate_values == {10: 2.5, 40: 1.5} and b.value == 1.5
 
 
 @pytest.mark.parametrize("name", SAMPLERS)
