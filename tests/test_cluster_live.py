@@ -358,18 +358,14 @@ def test_a_trial_on_a_lost_worker_resumes_on_another_node(
     assert actors[after[0]["pid"]] != victim["node"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="launch/export.py writes the node's IP to `node`, which is the same for every node "
-    "of this one-machine cluster; it needs the Ray node id to tell nodes apart",
-)
 def test_the_results_tell_the_nodes_apart(cluster: LocalCluster, storage: Path, tmp_path: Path):
     results = storage / "dash" / "results.parquet"
     if not results.exists():  # run alone: without the dashboard test's search
         flags = ["--name", "dash", "--storage", str(storage), "--num-samples", "3"]
         search = cluster.search(*flags, "--max-concurrent", "3", log=tmp_path / "search.log")
         finish(search, tmp_path / "search.log")
-    assert pd.read_parquet(results).node.nunique() >= 2
+    # Every node of this one-machine cluster shares an IP (`node`); the node id tells them apart.
+    assert pd.read_parquet(results).node_id.nunique() >= 2
 
 
 def test_a_killed_driver_resumes_and_finishes(cluster: LocalCluster, storage: Path, tmp_path: Path):
@@ -381,15 +377,6 @@ def test_a_killed_driver_resumes_and_finishes(cluster: LocalCluster, storage: Pa
 
     resumed = cluster.search(*flags, "--resume", log=tmp_path / "resume.log")
     finish(resumed, tmp_path / "resume.log")
-    trials_once(storage / "driver" / "results.parquet", 3, every_evaluation=False)
-
-
-@pytest.mark.xfail(
-    reason="launch/export.py writes the results at most every 2 s, so a driver killed in between "
-    "loses the evaluations that its trials' checkpoints already cover; they never come back"
-)
-def test_a_resumed_search_keeps_every_evaluation(storage: Path):
-    results = storage / "driver" / "results.parquet"
-    if not results.exists():
-        pytest.skip("needs test_a_killed_driver_resumes_and_finishes's search")
-    trials_once(results, 3)
+    # Every evaluation survives too: those the killed driver had not yet exported are
+    # recovered from the trials' own result logs.
+    trials_once(storage / "driver" / "results.parquet", 3)
