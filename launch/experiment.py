@@ -52,9 +52,19 @@ def run_search(
             settings.save()
         tuner = make_tuner(settings, data, resume=resume, verbosity=verbosity, command=command)
         tuner.fit()
-    if not any(r.status == "running" for r in read_trials(settings.results_path)):
-        close_study(settings)  # not interrupted: no trial will report again
+    if search_ended(settings):
+        close_study(settings)  # no trial will report again
     return settings.results_path
+
+
+def search_ended(settings: SearchSettings) -> bool:
+    """True unless an interrupt left trials to resume: every requested trial has ended, or a
+    budget stopped the search with none left running."""
+    records = read_trials(settings.results_path) if settings.results_path.exists() else []
+    if any(r.status == "running" for r in records):
+        return False
+    budget = settings.time_budget_s is not None or settings.compute_budget is not None
+    return budget or len(records) >= settings.num_samples
 
 
 def close_study(settings: SearchSettings) -> None:
