@@ -23,8 +23,8 @@ def main(argv: list[str] | None = None) -> int:
         from launch.results import load_trial_config
 
         base = load_trial_config(args.from_results, args.trial)
-    rest = [a for a in (argv if argv is not None else sys.argv[1:])]
-    return train_main(_without(rest, ("--from-results", "--trial")), base=base)
+    given = sys.argv[1:] if argv is None else argv
+    return train_main(_without(given, ("--from-results", "--trial")), base=base)
 
 
 def _without(argv: list[str], flags: tuple[str, ...]) -> list[str]:

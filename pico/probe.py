@@ -78,15 +78,21 @@ def embedding_clusters(
 
 
 def embedding_similarity(
-    model_a: LanguageModel, model_b: LanguageModel, shared_ids: Sequence[int] | Tensor, k: int
+    model_a: LanguageModel,
+    model_b: LanguageModel,
+    shared_ids: Sequence[int] | Tensor,
+    k: int,
+    ids_b: Sequence[int] | Tensor | None = None,
 ) -> dict[str, float]:
     """How alike two models' embeddings are on the tokens `shared_ids` (ids valid in both):
     `neighbour_overlap`, the mean fraction of each token's k nearest neighbours (among the
     shared tokens) that both models agree on, and `linear_cka` of the two (n, d) matrices.
-    Both are 1 for identical geometries and do not need the widths to match."""
-    ids = torch.as_tensor(shared_ids, dtype=torch.long)
-    a = model_a.token_embedding.detach().float().cpu()[ids]
-    b = model_b.token_embedding.detach().float().cpu()[ids]
+    Both are 1 for identical geometries and do not need the widths to match. When the two
+    vocabularies number tokens differently, `ids_b[i]` is model_b's id of `shared_ids[i]`."""
+    ids_a = torch.as_tensor(shared_ids, dtype=torch.long)
+    ids_b = ids_a if ids_b is None else torch.as_tensor(ids_b, dtype=torch.long)
+    a = model_a.token_embedding.detach().float().cpu()[ids_a]
+    b = model_b.token_embedding.detach().float().cpu()[ids_b]
     return {"neighbour_overlap": neighbour_overlap(a, b, k), "linear_cka": linear_cka(a, b)}
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 from pico.errors import ArgumentParser, PicoError
-from pico.probe import linear_cka, neighbour_overlap
 
 
 def build_parser() -> ArgumentParser:
@@ -29,7 +28,7 @@ def build_parser() -> ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Run every probe that was asked for and print its result."""
     from pico.checkpoint import load_model
-    from pico.probe import annotate, embedding_clusters
+    from pico.probe import annotate, embedding_clusters, embedding_similarity
 
     args = build_parser().parse_args(argv)
     if not (args.tokens or args.annotate or args.clusters or args.compare):
@@ -58,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
         ids_a, ids_b = shared_vocabulary(tokenizer, other_tokenizer)
         if len(ids_a) <= args.k:
             raise PicoError(f"the two vocabularies share only {len(ids_a)} tokens (need > k)")
-        scores = embedding_similarity_across(model, other, ids_a, ids_b, args.k)
+        scores = embedding_similarity(model, other, ids_a, args.k, ids_b=ids_b)
         print(f"shared tokens: {len(ids_a)}")
         for name, value in scores.items():
             print(f"{name}: {value:.4f}")
@@ -74,11 +73,3 @@ def shared_vocabulary(tok_a, tok_b) -> tuple[list[int], list[int]]:
         if text in by_text_b:
             pairs.append((i, by_text_b[text]))
     return [a for a, _ in pairs], [b for _, b in pairs]
-
-
-def embedding_similarity_across(model_a, model_b, ids_a, ids_b, k: int) -> dict[str, float]:
-    """Neighbour overlap at k and linear CKA, where token i is `ids_a[i]` in model_a and
-    `ids_b[i]` in model_b (the same text in both vocabularies)."""
-    a = model_a.token_embedding.detach().float().cpu()[ids_a]
-    b = model_b.token_embedding.detach().float().cpu()[ids_b]
-    return {"neighbour_overlap": neighbour_overlap(a, b, k), "linear_cka": linear_cka(a, b)}
