@@ -3,8 +3,9 @@
 Every result, checkpoint, retry and ending updates the trial's record; the file is rewritten
 atomically at most every `min_interval_s` seconds, and at once when a trial ends and when the
 experiment does. A crash therefore leaves the last good file, and a resumed search starts from
-it: the first step reloads the trials that Tune restored, and a trial re-reporting steps after a
-retry replaces its rows from that step on, so every trial appears exactly once.
+it: the first step reloads its trials and aligns them with those Tune restored, and a trial
+re-reporting steps after a retry replaces its rows from that step on, so every trial appears
+exactly once.
 """
 
 from __future__ import annotations
@@ -25,6 +26,9 @@ from launch.results import ResultsTable, TrialRecord
 from launch.trainable import trial_config
 
 logger = logging.getLogger(__name__)
+
+# Endings that a later error cannot undo: the trial had reported its last evaluation.
+ENDED = ("completed", "early_stopped", "diverged")
 
 
 def asha_milestones(grace_period: int, max_t: int, reduction_factor: float) -> list[float]:
@@ -107,9 +111,26 @@ class ResultsExporter(Callback):
     def on_step_begin(self, iteration: int, trials: list[Trial], **info: Any) -> None:
         if not self._loaded:  # first step: a resumed search continues from the last file
             self._loaded = True
-            self.table.load(keep={t.trial_id for t in trials})
+            self.table.load()
+            self._keep_untracked({t.trial_id for t in trials})
             for trial in trials:
                 self._reconcile(trial)
+
+    def _keep_untracked(self, known: set[str]) -> None:
+        """Keep the trials that Tune's restored state does not know, and say which they are.
+
+        Tune saves its state every few seconds, and this file is written as results arrive, so a
+        driver killed in between leaves trials here (and in the Optuna study) that Tune never
+        recorded. Tune will not continue them: it samples new trials in their place. Their
+        evaluations are real, so they stay, listed in the metadata; one that was running is
+        `lost`, its curve ending where the crash cut it.
+        """
+        untracked = sorted(set(self.table.trials) - known)
+        for trial_id in untracked:
+            record = self.table.trials[trial_id]
+            if record.status == "running":
+                record.status = "lost"
+        self.table.metadata["untracked_trials"] = untracked
 
     def _reconcile(self, trial: Trial) -> None:
         """Align a restored trial's record with the state Tune restored it in, and recover the
@@ -167,6 +188,11 @@ class ResultsExporter(Callback):
 
     def on_trial_error(self, iteration: int, trials: list[Trial], trial: Trial, **info):
         record = self._record(trial)
+        if record.status in ENDED:
+            # It ended before a crash that Tune's saved state predates, so Tune ran it again from
+            # an older checkpoint, which may be gone. The first ending stands.
+            logger.warning("trial %s ended as %s before it failed again", trial, record.status)
+            return
         record.status, record.retries = "errored", trial.num_failures
         record.error = _last_line(trial.get_error() or "") or "error (no message)"
         self._write(force=True)

@@ -22,7 +22,7 @@ from pico.errors import PicoError
 
 SCHEMA_VERSION = 1
 METADATA_KEY = b"pico"
-STATUSES = ("completed", "early_stopped", "stopped", "errored", "diverged", "running")
+STATUSES = ("completed", "early_stopped", "stopped", "errored", "diverged", "lost", "running")
 
 _ARROW_TYPES = {bool: pa.bool_(), int: pa.int64(), float: pa.float64(), str: pa.string()}
 HP_COLUMNS = [
@@ -156,16 +156,10 @@ class ResultsTable:
         os.replace(tmp, self.path)
         return self.path
 
-    def load(self, keep: set[str] | None = None) -> None:
-        """Read the trials back from an existing file (a resumed search continues from it).
-
-        `keep`: only these trial ids (the trials the resumed experiment knows).
-        """
-        if not self.path.exists():
-            return
-        for record in read_trials(self.path):
-            if keep is None or record.trial_id in keep:
-                self.trials[record.trial_id] = record
+    def load(self) -> None:
+        """Read the trials back from an existing file (a resumed search continues from it)."""
+        if self.path.exists():
+            self.trials.update((record.trial_id, record) for record in read_trials(self.path))
 
 
 def read_trials(path: str | Path) -> list[TrialRecord]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pandas as pd
 
+from launch.results import read_metadata
 from launch.settings import SearchSettings
 from pico.config import ARCH_FIELDS
 
@@ -79,10 +80,15 @@ def summary_lines(settings: SearchSettings) -> list[str]:
 
 
 def unfinished(settings: SearchSettings) -> int:
-    """Trials of the requested number that have not ended: still running, or never started."""
-    if not settings.results_path.exists():
+    """Trials of the requested number that have not ended: still running, or never started.
+
+    Trials that Tune lost track of in a crash (`untracked_trials`) do not count: Tune runs as
+    many new ones in their place.
+    """
+    path = settings.results_path
+    if not path.exists():
         return settings.num_samples
-    columns = ["trial_id", "status", "is_last"]
-    last = final_rows(pd.read_parquet(settings.results_path, columns=columns))
+    last = final_rows(pd.read_parquet(path, columns=["trial_id", "status", "is_last"]))
+    last = last[~last["trial_id"].isin(read_metadata(path).get("untracked_trials", []))]
     running = int((last["status"] == "running").sum())
     return running + max(0, settings.num_samples - len(last))

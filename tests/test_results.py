@@ -79,15 +79,15 @@ def test_a_rewound_trial_replaces_its_later_rows(tmp_path):
     assert sorted(record.evals) == [10, 20] and record.evals[20]["val_loss"] == 9.0
 
 
-def test_reload_keeps_known_trials_once(tmp_path):
+def test_reload_keeps_each_trial_once(tmp_path):
     make_table(tmp_path).write()
     table = ResultsTable(tmp_path / "results.parquet", "exp", {})
-    table.load(keep={"t1", "t2"})
-    assert sorted(table.trials) == ["t1", "t2"]
+    table.load()
+    assert sorted(table.trials) == ["t1", "t2", "t3"]
     table.trials["t2"].add_eval(metrics(20))
     table.write()
     records = {r.trial_id: r for r in read_trials(table.path)}
-    assert sorted(records) == ["t1", "t2"] and sorted(records["t2"].evals) == [10, 20]
+    assert sorted(records) == ["t1", "t2", "t3"] and sorted(records["t2"].evals) == [10, 20]
     assert records["t1"].status == "completed"
 
 

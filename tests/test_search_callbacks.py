@@ -68,7 +68,7 @@ def test_a_resumed_exporter_reconciles_with_the_restored_trials(tmp_path):
         fake_trial("b", Trial.PENDING, **result(10)),
         fake_trial("c", Trial.PENDING, **result(10, done=True)),  # a stop Tune had not done
         fake_trial("e", Trial.PENDING, **result(10)),  # reported after the file's last write
-        # "d" is unknown to Tune: it started after Tune last saved its state, and goes
+        # "d" is unknown to Tune: it started after Tune last saved its state
     ]
     # Tune's own log of results: what the file missed is recovered from it.
     for trial, steps in zip(restored, ([10, 20], [10], [10], [10]), strict=True):
@@ -81,8 +81,11 @@ def test_a_resumed_exporter_reconciles_with_the_restored_trials(tmp_path):
         "a": "early_stopped",
         "b": "running",
         "c": "running",
+        "d": "lost",  # kept, with its evaluations: Tune will not continue it
         "e": "running",
     }
+    assert resumed.table.metadata["untracked_trials"] == ["d"]
+    assert sorted(resumed.table.trials["d"].evals) == [10]
     assert sorted(resumed.table.trials["a"].evals) == [10, 20]
     assert sorted(resumed.table.trials["e"].evals) == [10]
     c = restored[2]
@@ -130,3 +133,22 @@ def test_an_errored_trial_keeps_its_error_line(tmp_path):
     (record,) = read_trials(export.table.path)
     assert (record.status, record.error, record.retries) == ("errored", "ValueError: boom", 3)
     assert record.evals == {}
+
+
+def test_a_trial_that_ended_before_a_crash_keeps_its_ending(tmp_path):
+    first = exporter(tmp_path)
+    trial = fake_trial("a")
+    first.on_trial_result(0, [], trial, result(MAX_STEPS, done=True))
+    assert statuses(first.table.path) == {"a": "completed"}
+
+    # Tune's saved state predates the ending: it reruns the trial, whose checkpoint is gone.
+    resumed = exporter(tmp_path)
+    restored = fake_trial("a", Trial.PENDING, **result(20))
+    restored.num_failures = 3
+    restored.get_error = lambda: "ValueError: Could not recover from checkpoint"
+    resumed.on_step_begin(0, [restored])
+    resumed.on_trial_error(0, [], restored)
+    resumed.on_experiment_end([restored])
+    (record,) = read_trials(resumed.table.path)
+    assert (record.status, record.error, record.retries) == ("completed", None, 0)
+    assert record.last_step == MAX_STEPS
