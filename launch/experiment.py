@@ -14,6 +14,7 @@ import logging
 import os
 import platform
 import subprocess
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from importlib import metadata as importlib_metadata
@@ -25,7 +26,9 @@ from ray.tune import Stopper
 from launch.export import ResultsExporter, utc_now
 from launch.results import ResultsTable, read_trials
 from launch.settings import ASHA_METRIC, SearchSettings, check_inputs
+from launch.summary import unfinished
 from launch.trainable import TrialSettings, param_space, train_trial, trial_config
+from launch.tune_state import repair_saved_state
 from pico.errors import PicoError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -46,6 +49,9 @@ def run_search(
 ) -> Path:
     """Run (or resume) the search described by `settings`; return the results file's path."""
     check_inputs(settings, resume=resume, address=address)
+    if resume and not settings.is_remote:
+        for note in repair_saved_state(settings.local_folder):
+            print(f"note: {note}", file=sys.stderr)
     with connected_ray(address, verbosity, dashboard):
         data = prepare(settings, verbosity)
         if not resume:
@@ -60,11 +66,11 @@ def run_search(
 def search_ended(settings: SearchSettings) -> bool:
     """True unless an interrupt left trials to resume: every requested trial has ended, or a
     budget stopped the search with none left running."""
-    records = read_trials(settings.results_path) if settings.results_path.exists() else []
-    if any(r.status == "running" for r in records):
-        return False
     budget = settings.time_budget_s is not None or settings.compute_budget is not None
-    return budget or len(records) >= settings.num_samples
+    if budget:
+        records = read_trials(settings.results_path) if settings.results_path.exists() else []
+        return not any(r.status == "running" for r in records)
+    return unfinished(settings) == 0
 
 
 def close_study(settings: SearchSettings) -> None:
@@ -72,7 +78,8 @@ def close_study(settings: SearchSettings) -> None:
 
     Tune stops the trials a budget cuts short without telling the searcher, and after a crash
     the searcher may lag behind the trials Tune ran; the results file knows how each ended.
-    A trial that never reported (handed out, then lost in a crash) is FAIL.
+    A trial cut short by a crash that Tune lost track of (`lost`) is PRUNED at its last step,
+    like one interrupted; one that never reported (handed out, then lost) is FAIL.
     """
     import optuna
     from optuna.trial import TrialState
@@ -86,7 +93,7 @@ def close_study(settings: SearchSettings) -> None:
             last = record.evals[record.last_step]
             if record.status == "completed":
                 state, values = TrialState.COMPLETE, [last[m] for m, _ in settings.metrics]
-            elif record.status in ("early_stopped", "stopped"):
+            elif record.status in ("early_stopped", "stopped", "lost"):
                 state = TrialState.PRUNED
         study.tell(trial.number, values, state=state)
 

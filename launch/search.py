@@ -22,6 +22,7 @@ from launch.settings import (
     OBJECTIVES,
     SAMPLERS,
     SCHEDULERS,
+    SETTINGS_FILE,
     WANDB_MODES,
     SearchSettings,
     check_inputs,
@@ -145,7 +146,7 @@ def resumed_settings(given: dict) -> SearchSettings:
         raise PicoError("--resume needs --name: the experiment to continue")
     probe = new_settings({k: v for k, v in given.items() if k in ("name", "storage")})
     folder = probe.local_folder
-    if not (folder / "search.json").is_file():
+    if not (folder / SETTINGS_FILE).is_file():
         raise PicoError(f"nothing to resume: no experiment {probe.name!r} in {probe.storage}")
     saved = SearchSettings.load(folder)
     for key, value in given.items():

@@ -1,6 +1,6 @@
 """What defines a search, checked before any work starts, and where its files go.
 
-An experiment lives in `<storage>/<name>/`: Ray Tune's state and trial folders, `search.json`
+An experiment lives in `<storage>/<name>/`: Ray Tune's state and trial folders, `pico/search.json`
 (these settings, read back by `--resume`), `optuna.db` (the Optuna study, unless
 `optuna_storage` names another) and `results.parquet` (unless `output` names another file).
 """
@@ -19,7 +19,10 @@ from typing import Any
 from pico.config import TrainConfig
 from pico.errors import PicoError
 
-SETTINGS_FILE = "search.json"
+# In a subfolder: on resume, Tune copies every top-level .json and .pkl file of the experiment to
+# its staging folder, then copies them back, in place, each time it saves its state; a driver
+# killed mid-copy would cut the settings short.
+SETTINGS_FILE = "pico/search.json"
 CONNECT_TIMEOUT_S = 5.0
 # Objective name -> (reported metric, Tune mode).
 OBJECTIVES = {
@@ -129,9 +132,11 @@ class SearchSettings:
 
     def save(self) -> None:
         """Write the settings into the experiment's local folder."""
-        self.local_folder.mkdir(parents=True, exist_ok=True)
-        text = json.dumps(dataclasses.asdict(self), indent=2)
-        (self.local_folder / SETTINGS_FILE).write_text(text)
+        path = self.local_folder / SETTINGS_FILE
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+        tmp.write_text(json.dumps(dataclasses.asdict(self), indent=2))
+        os.replace(tmp, path)
 
     @classmethod
     def load(cls, folder: Path) -> SearchSettings:

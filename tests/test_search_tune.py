@@ -177,3 +177,29 @@ def test_a_time_budget_stops_the_search(ray_session, spaces, tmp_path):
     study = optuna.load_study(study_name="exp", storage=settings.optuna_url)
     assert {t.state for t in study.trials} <= {TrialState.PRUNED, TrialState.FAIL}
     assert any(t.state == TrialState.PRUNED for t in study.trials)
+
+
+def test_a_resume_from_a_stale_trial_list_runs_the_missing_trial(ray_session, spaces, tmp_path):
+    """A kill while Tune copies its state can leave a trial list older than its trial count."""
+    from launch.summary import unfinished
+
+    settings = tiny_settings(tmp_path, num_samples=3, max_concurrent=1, scheduler="fifo")
+    run_search(settings, verbosity=0)
+    first = list(last_rows(settings.results_path).index)
+    # Drop the newest trial from Tune's saved trial list; its count of created trials stays 3.
+    [state_file] = settings.local_folder.glob("experiment_state-*.json")
+    state = json.loads(state_file.read_text())
+    state["trial_data"] = [
+        t for t in state["trial_data"] if json.loads(t[0])["trial_id"] != first[-1]
+    ]
+    state_file.write_text(json.dumps(state))
+
+    run_search(settings, resume=True, verbosity=0)
+    last = last_rows(settings.results_path)
+    untracked = read_metadata(settings.results_path)["untracked_trials"]
+    assert untracked == [first[-1]] and last.loc[first[-1], "status"] == "completed"
+    assert len(last) == 4 and set(last.status) == {"completed"}
+    assert unfinished(settings) == 0
+    study = optuna.load_study(study_name="exp", storage=settings.optuna_url)
+    assert sorted(t.user_attrs["tune_trial_id"] for t in study.trials) == sorted(last.index)
+    assert {t.state for t in study.trials} == {TrialState.COMPLETE}
