@@ -52,6 +52,9 @@ def summary_lines(settings: SearchSettings) -> list[str]:
     last = final_rows(pd.read_parquet(path))
     counts = last["status"].value_counts()
     lines = [f"{len(last)} trials: " + ", ".join(f"{n} {status}" for status, n in counts.items())]
+    untracked = read_metadata(path).get("untracked_trials", [])
+    if untracked:
+        lines[0] += f" ({len(untracked)} untracked: cut off from Tune by a crash, docs/results.md)"
     metric, mode = settings.metrics[0]
     if len(settings.metrics) == 1:
         for _, row in best_per_arch(last, metric, mode).iterrows():

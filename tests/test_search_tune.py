@@ -181,7 +181,7 @@ def test_a_time_budget_stops_the_search(ray_session, spaces, tmp_path):
 
 def test_a_resume_from_a_stale_trial_list_runs_the_missing_trial(ray_session, spaces, tmp_path):
     """A kill while Tune copies its state can leave a trial list older than its trial count."""
-    from launch.summary import unfinished
+    from launch.summary import summary_lines, unfinished
 
     settings = tiny_settings(tmp_path, num_samples=3, max_concurrent=1, scheduler="fifo")
     run_search(settings, verbosity=0)
@@ -200,6 +200,9 @@ def test_a_resume_from_a_stale_trial_list_runs_the_missing_trial(ray_session, sp
     assert untracked == [first[-1]] and last.loc[first[-1], "status"] == "completed"
     assert len(last) == 4 and set(last.status) == {"completed"}
     assert unfinished(settings) == 0
+    assert summary_lines(settings)[0] == (
+        "4 trials: 4 completed (1 untracked: cut off from Tune by a crash, docs/results.md)"
+    )
     study = optuna.load_study(study_name="exp", storage=settings.optuna_url)
     assert sorted(t.user_attrs["tune_trial_id"] for t in study.trials) == sorted(last.index)
     assert {t.state for t in study.trials} == {TrialState.COMPLETE}
