@@ -5,15 +5,18 @@
 
 Both sides train the same named config N times, two at a time with one thread each, evaluating
 every --eval-interval steps; through Tune each evaluation also writes a checkpoint and reports it,
-and the results file is kept current, as in a real search. The overhead is the fraction of the
-Tune run's wall time that the direct run did not need:
+and the results file is kept current, as in a real search. Each side's trial slots (2 x its wall
+time) are either spent inside `pico.train.train` or not (processes starting, imports, Tune's setup,
+checkpoints, reports, hand-overs). The overhead is the fraction of the Tune run's slots not spent
+training, less the same fraction of the direct run:
 
-    overhead = (wall through Tune - wall direct) / wall through Tune
+    overhead = (1 - training_s / (2 x wall)) through Tune - (the same) direct
 
-Ray's own start (once per search, seconds) is timed apart and left out. On a shared machine the
-two sides are repeated alternately (--repeats) and the fastest of each kept. Also printed: the
-fraction of the Tune run's trial slots (2 x wall) not spent inside `pico.train.train`. Last line:
-`search_overhead: <fraction>`.
+Each side is measured against its own training time because identical trials here train at speeds
+that differ by up to 10% from one run to the next, which a difference of wall times cannot tell
+apart from a few percent of overhead; that difference is printed too. Ray's own start (once per
+search, seconds) is timed apart and left out. The sides are repeated alternately (--repeats) and
+the lowest fraction of each kept. Last line: `search_overhead: <fraction>`.
 """
 
 from __future__ import annotations
@@ -132,16 +135,28 @@ def main() -> None:
             for i in range(args.repeats):
                 direct.append(run_direct(cfg, args.trials))
                 tune.append(run_tune(args, cfg, Path(folder) / f"overhead{i}"))
-                print(f"round {i + 1}: direct {direct[-1][0]:.1f} s, tune {tune[-1][0]:.1f} s")
+                (d_wall, d_train), (t_wall, t_train) = direct[-1], tune[-1]
+                print(
+                    f"round {i + 1}: direct {d_wall:.1f} s ({idle_fraction(d_wall, d_train):.3f} "
+                    f"not training), tune {t_wall:.1f} s ({idle_fraction(t_wall, t_train):.3f})"
+                )
     finally:
         ray.shutdown()
-    (direct_wall, train_s), (tune_wall, tune_train_s) = min(direct), min(tune)
-    idle = 1 - tune_train_s / (CONCURRENCY * tune_wall)
+    (direct_wall, train_s), (tune_wall, _) = min(direct), min(tune)
     each = train_s / args.trials
     print(f"direct: {args.trials} trials in {direct_wall:.1f} s ({each:.1f} s of training each)")
     print(f"tune:   {args.trials} trials in {tune_wall:.1f} s (+ {ray_start:.1f} s to start Ray)")
-    print(f"tune trial slots not spent training: {idle:.3f}")
-    print(f"search_overhead: {(tune_wall - direct_wall) / tune_wall:.3f}")
+    walls = (tune_wall - direct_wall) / tune_wall
+    print(f"wall time, fastest rounds: tune {walls:+.3f} over direct (noise-bound)")
+    idle_direct = min(idle_fraction(*run) for run in direct)
+    idle_tune = min(idle_fraction(*run) for run in tune)
+    print(f"slots not training: direct {idle_direct:.3f}, tune {idle_tune:.3f}")
+    print(f"search_overhead: {idle_tune - idle_direct:.3f}")
+
+
+def idle_fraction(wall: float, training_s: float) -> float:
+    """The fraction of a run's trial slots (CONCURRENCY x wall) not spent training."""
+    return 1 - training_s / (CONCURRENCY * wall)
 
 
 if __name__ == "__main__":
