@@ -17,8 +17,9 @@ from analysis import charts_results as cr
 from analysis import tables
 from analysis.importance import importance, method_name
 from analysis.load import LOSS_GROUP_COLUMNS, Results, label
-from analysis.page import Figure, Section, render_page, write_atomic, write_pngs
+from analysis.page import Figure, Section, render_page, write_pngs
 from analysis.regression import fit_loss
+from pico.files import write_atomic
 
 COMPUTE_AXES = ("n_params", "train_flops", "elapsed_s")  # val_loss is plotted against each
 

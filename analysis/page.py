@@ -8,14 +8,14 @@ from __future__ import annotations
 
 import html
 import json
-import os
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import altair as alt
 import vl_convert
+
+from pico.files import write_atomic
 
 # Catch every script error and every failed chart, and write it into the page itself, so that a
 # headless browser's DOM dump (and a reader) sees it; each chart div is flagged once rendered.
@@ -133,20 +133,6 @@ def write_pngs(figures: list[Figure], png_dir: Path, log: Callable[[str], None])
         paths.append(path)
     log(f"wrote {len(paths)} PNGs to {png_dir}")
     return paths
-
-
-def write_atomic(path: Path, data: bytes | str) -> None:
-    """Write `data` to `path` through a temporary file in the same folder and `os.replace`."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    blob = data.encode() if isinstance(data, str) else data
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(blob)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _section_html(section: Section, png_dir_rel: str) -> str:

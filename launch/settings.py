@@ -18,6 +18,7 @@ from typing import Any
 
 from pico.config import TrainConfig
 from pico.errors import PicoError
+from pico.files import write_atomic
 
 # In a subfolder: on resume, Tune copies every top-level .json and .pkl file of the experiment to
 # its staging folder, then copies them back, in place, each time it saves its state; a driver
@@ -132,11 +133,9 @@ class SearchSettings:
 
     def save(self) -> None:
         """Write the settings into the experiment's local folder."""
-        path = self.local_folder / SETTINGS_FILE
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-        tmp.write_text(json.dumps(dataclasses.asdict(self), indent=2))
-        os.replace(tmp, path)
+        write_atomic(
+            self.local_folder / SETTINGS_FILE, json.dumps(dataclasses.asdict(self), indent=2)
+        )
 
     @classmethod
     def load(cls, folder: Path) -> SearchSettings:

@@ -15,12 +15,13 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import ray.cloudpickle as cloudpickle
+
+from pico.files import write_atomic
 
 EXPERIMENT_STATE = "experiment_state-*.json"  # the trials: TuneController.save_to_dir
 SEARCH_STATE = "search_gen_state-*.json"  # the trial count (a pickle, despite the name)
@@ -103,10 +104,7 @@ def repair_saved_state(folder: str | Path) -> list[str]:
             limiter["live_trials"] -= ghosts
             limiter["num_unfinished_live_trials"] = len(limiter["live_trials"])
     if len(notes) > repaired:
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-        with tmp.open("wb") as f:
-            cloudpickle.dump(generator, f)
-        os.replace(tmp, path)
+        write_atomic(path, cloudpickle.dumps(generator))
     return notes
 
 
@@ -120,10 +118,7 @@ def keep_spare_tuner(folder: Path, notes: list[str]) -> None:
     except Exception as exc:  # cut short mid-copy
         if spare.exists():
             os.replace(tuner, tuner.with_name(TUNER + ".unreadable"))
-            shutil.copyfile(spare, tuner)
+            write_atomic(tuner, spare.read_bytes())
             notes.append(f"replaced {TUNER}, which a crash left unreadable ({exc}), by its spare")
         return
-    spare.parent.mkdir(exist_ok=True)
-    tmp = spare.with_name(f".{spare.name}.tmp-{os.getpid()}")
-    shutil.copyfile(tuner, tmp)
-    os.replace(tmp, spare)
+    write_atomic(spare, tuner.read_bytes())
