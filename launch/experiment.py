@@ -1,11 +1,13 @@
-"""The search runner: connect to Ray, prepare the data once, then run or resume a Tune experiment.
+"""The search runner: check, prepare the data, open the study, then run its trials on Ray Tune.
 
     settings = SearchSettings(space="kv_transformer", name="demo", storage="/abs/experiments")
-    results = run_search(settings)          # the results Parquet file
+    outcome = run_search(settings)            # a new search; run_search(settings, resume=True)
 
-The Tuner combines the pieces of this package: the trainable (`launch/trainable.py`), the Optuna
-searcher that understands early stopping (`launch/searcher.py`), ASHA on val_loss, and the
-callbacks that keep the results file (`launch/export.py`) and wandb (`launch/tracking.py`) current.
+The study is the record of the search (launch/study.py); a run of this function builds everything
+else from it: the searcher (launch/searcher.py) continues the study's unfinished trials and samples
+the rest, ASHA (launch/scheduler.py) starts from the study's rung records, the recorder
+(launch/recorder.py) writes what happens back to the study, and the results file is derived
+(launch/export.py). Tune's own saved state goes to a scratch folder and is never read back.
 """
 
 from __future__ import annotations
@@ -13,22 +15,25 @@ from __future__ import annotations
 import logging
 import os
 import platform
+import shutil
 import subprocess
-import sys
+import tempfile
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from importlib import metadata as importlib_metadata
 from pathlib import Path
 from typing import Any
 
 from ray.tune import Stopper
 
-from launch.export import ResultsExporter, utc_now
-from launch.results import ResultsTable, read_trials
+from launch import status
+from launch.export import ResultsWriter, build_table, utc_now
+from launch.results import ResultsTable
 from launch.settings import ASHA_METRIC, SearchSettings, check_inputs
-from launch.summary import unfinished
-from launch.trainable import TrialSettings, param_space, train_trial, trial_config
-from launch.tune_state import repair_saved_state
+from launch.study import CONFIG_ATTR, SearchStudy, number_of, redact, without_password
+from launch.trainable import SETTINGS_KEY, train_trial, trial_config
 from pico.errors import PicoError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -36,6 +41,16 @@ REPO = Path(__file__).resolve().parents[1]
 TABLE_PARAMETERS = ["arch", "d_model", "n_layer", "lr", "batch_size", "block_size"]
 TABLE_METRICS = {"step": "step", "val_loss": "val_loss", "n_params": "params"}
 PACKAGES = ("torch", "ray", "optuna", "pyarrow", "pandas", "numpy", "wandb")
+MANIFEST_FORMAT = 1
+
+
+@dataclass
+class SearchOutcome:
+    """How a run of the search ended: its results, and whether trials are left to resume."""
+
+    table: ResultsTable
+    ended: bool  # every trial ended, or a budget stopped the search
+    unfinished: int  # trials not yet run to their end (running or never started)
 
 
 def run_search(
@@ -46,56 +61,93 @@ def run_search(
     address: str | None = None,
     command: str = "",
     dashboard: bool = True,
-) -> Path:
-    """Run (or resume) the search described by `settings`; return the results file's path."""
+) -> SearchOutcome:
+    """Run (or resume) the search described by `settings`."""
     check_inputs(settings, resume=resume, address=address)
-    if resume and not settings.is_remote:
-        for note in repair_saved_state(settings.local_folder):
-            print(f"note: {note}", file=sys.stderr)
-    with connected_ray(address, verbosity, dashboard):
-        data = prepare(settings, verbosity)
-        if not resume:
-            settings.save()
-        tuner = make_tuner(settings, data, resume=resume, verbosity=verbosity, command=command)
-        tuner.fit()
-    if search_ended(settings):
-        close_study(settings)  # no trial will report again
-    return settings.results_path
+    data = prepare(settings, verbosity)
+    study = open_study(settings, data, resume=resume, command=command)
+    store = settings.store()
+    table = build_table(study, store)
+    continuing = [
+        t.number
+        for t in study.trials()
+        if status.status_of(t) == status.RUNNING and CONFIG_ATTR in t.user_attrs
+    ]
+    to_create = max(0, settings.num_samples - len(table.trials))
+    budget = ComputeBudget(settings.compute_budget, spent_flops(table))
+    started = time.monotonic()
+    writer = ResultsWriter(table, settings.results_path)
+    try:
+        if (continuing or to_create) and not budget.stop_all():
+            with connected_ray(address, verbosity, dashboard):
+                tuner = make_tuner(
+                    settings, study, data, writer, continuing, to_create, budget, verbosity
+                )
+                tuner.fit()
+        with writer.lock:
+            return conclude(settings, study, table, budget, time.monotonic() - started)
+    finally:
+        writer.close()
 
 
-def search_ended(settings: SearchSettings) -> bool:
-    """True unless an interrupt left trials to resume: every requested trial has ended, or a
-    budget stopped the search with none left running."""
-    budget = settings.time_budget_s is not None or settings.compute_budget is not None
-    if budget:
-        records = read_trials(settings.results_path) if settings.results_path.exists() else []
-        return not any(r.status == "running" for r in records)
-    return unfinished(settings) == 0
+def open_study(settings: SearchSettings, data: Any, *, resume: bool, command: str) -> SearchStudy:
+    """The experiment's study: created with the settings and metadata (and the manifest that
+    says where it is), or loaded to resume."""
+    from search_spaces import warm_start_points
+
+    if resume:
+        return SearchStudy.load(settings.optuna_url, settings.name)
+    directions = [{"min": "minimize", "max": "maximize"}[mode] for _, mode in settings.metrics]
+    points = warm_start_points(settings.space)
+    if settings.space != "seed22" and not settings.warm_start:
+        points = []
+    study = SearchStudy.create(
+        settings.optuna_url,
+        settings.name,
+        directions,
+        settings.to_dict(),
+        experiment_metadata(settings, data, command),
+        enqueue=points,
+    )
+    given = settings.optuna_storage
+    settings.store().write_manifest(
+        {"format": MANIFEST_FORMAT, "study": without_password(given) if given else None}
+    )
+    return study
 
 
-def close_study(settings: SearchSettings) -> None:
-    """Tell Optuna the outcome of every trial it still holds as running, from the results file.
+def conclude(
+    settings: SearchSettings,
+    study: SearchStudy,
+    table: ResultsTable,
+    budget: ComputeBudget,
+    elapsed_s: float,
+) -> SearchOutcome:
+    """Record how the run ended: trials a spent budget cut short end `stopped`, and a search
+    with no trial left to run is marked ended."""
+    running = [r for r in table.trials.values() if r.status == status.RUNNING]
+    # Tune's clock starts a moment before ours: allow for it.
+    timed_out = settings.time_budget_s is not None and elapsed_s >= 0.95 * settings.time_budget_s
+    if timed_out or budget.stop_all():
+        for record in running:
+            study.finish(number_of(record.trial_id), status.STOPPED, last_step=record.last_step)
+            table.trial(record.trial_id).status = status.STOPPED
+        running = []
+    unfinished = len(running) + max(0, settings.num_samples - len(table.trials))
+    ended = unfinished == 0 or timed_out or budget.stop_all()
+    if ended and study.metadata.get("ended_at") is None:
+        study.mark_ended(utc_now())
+    table.metadata.update(study.metadata)
+    return SearchOutcome(table, ended, unfinished)
 
-    Tune stops the trials a budget cuts short without telling the searcher, and after a crash
-    the searcher may lag behind the trials Tune ran; the results file knows how each ended.
-    A trial cut short by a crash that Tune lost track of (`lost`) is PRUNED at its last step,
-    like one interrupted; one that never reported (handed out, then lost) is FAIL.
-    """
-    import optuna
-    from optuna.trial import TrialState
 
-    trials = {r.trial_id: r for r in read_trials(settings.results_path)}
-    study = optuna.load_study(study_name=settings.name, storage=settings.optuna_url)
-    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        record = trials.get(trial.user_attrs.get("tune_trial_id"))
-        state, values = TrialState.FAIL, None
-        if record is not None and record.evals and record.status != "errored":
-            last = record.evals[record.last_step]
-            if record.status == "completed":
-                state, values = TrialState.COMPLETE, [last[m] for m, _ in settings.metrics]
-            elif record.status in ("early_stopped", "stopped", "lost"):
-                state = TrialState.PRUNED
-        study.tell(trial.number, values, state=state)
+def spent_flops(table: ResultsTable) -> dict[str, float]:
+    """Training FLOPs each trial of `table` has used so far."""
+    return {
+        trial_id: max((row["train_flops"] or 0.0) for row in record.evals.values())
+        for trial_id, record in table.trials.items()
+        if record.evals
+    }
 
 
 @contextmanager
@@ -144,38 +196,38 @@ def prepare(settings: SearchSettings, verbosity: int = 1) -> Any:
 
 
 def make_tuner(
-    settings: SearchSettings, data: Any, *, resume: bool, verbosity: int, command: str
+    settings: SearchSettings,
+    study: SearchStudy,
+    data: Any,
+    writer: ResultsWriter,
+    continuing: list[int],
+    to_create: int,
+    budget: ComputeBudget,
+    verbosity: int,
 ) -> Any:
-    """A Tuner for a new experiment, or the interrupted one restored from its storage."""
+    """A Tuner that runs the study's unfinished trials and `to_create` new ones."""
     from ray import tune
 
-    # A checkpoint at every evaluation forces a state snapshot each time (num_to_keep=1): by
-    # design here, and cheap for small models, so Tune need not warn about it.
-    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     # Tune's classic live table, with the columns below, rather than a config box per trial.
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
-    trial_settings = TrialSettings(
-        str(Path(data.path).resolve()), settings.max_docs, settings.fail_at_step
-    )
-    space = param_space(settings.fixed_fields(), trial_settings)
+    shared = {
+        "experiment": settings.experiment_path,
+        "data_dir": str(Path(data.path).resolve()),
+        "max_docs": settings.max_docs,
+        "fail_at_step": settings.fail_at_step,
+    }
     trainable = tune.with_resources(
         named_trainable(settings.name),
         {"cpu": settings.cpus_per_trial, "gpu": settings.gpus_per_trial},
     )
-    if resume:
-        # The searcher (with its Optuna study), scheduler and callbacks come back from the
-        # experiment's state; unfinished trials continue from their last checkpoints.
-        return tune.Tuner.restore(
-            settings.experiment_path, trainable, resume_unfinished=True, param_space=space
-        )
     namer = TrialNamer()
     return tune.Tuner(
         trainable,
-        param_space=space,
+        param_space={SETTINGS_KEY: shared},
         tune_config=tune.TuneConfig(
-            search_alg=make_searcher(settings),
-            scheduler=make_scheduler(settings),
-            num_samples=settings.num_samples,
+            search_alg=make_searcher(settings, study, continuing),
+            scheduler=make_scheduler(settings, study),
+            num_samples=len(continuing) + to_create,
             max_concurrent_trials=settings.max_concurrent,
             time_budget_s=settings.time_budget_s,
             reuse_actors=True,
@@ -184,11 +236,10 @@ def make_tuner(
         ),
         run_config=tune.RunConfig(
             name=settings.name,
-            storage_path=settings.storage,
+            storage_path=scratch_folder(),
             failure_config=tune.FailureConfig(max_failures=settings.max_failures),
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
-            callbacks=make_callbacks(settings, data, command),
-            stop=ComputeBudget(settings.compute_budget) if settings.compute_budget else None,
+            callbacks=make_callbacks(settings, study, writer),
+            stop=budget if settings.compute_budget else None,
             progress_reporter=tune.CLIReporter(
                 parameter_columns=TABLE_PARAMETERS,
                 metric_columns=TABLE_METRICS,
@@ -199,21 +250,34 @@ def make_tuner(
     )
 
 
-class ComputeBudget(Stopper):
-    """A Tune stopper that ends the search once the trials' training FLOPs add up to `flops`
-    (counted from the start of this run of the driver: a resumed search starts a new count)."""
+def scratch_folder() -> str:
+    """Where Tune keeps its own state for this run: never read back, removed at exit."""
+    folder = tempfile.mkdtemp(prefix="pico-tune-")
+    import atexit
 
-    def __init__(self, flops: float):
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    return folder
+
+
+class ComputeBudget(Stopper):
+    """A Tune stopper that ends the search once the trials' training FLOPs add up to `flops`.
+
+    `spent` holds each trial's FLOPs before this run (from the results in storage): a continued
+    trial reports its count from its checkpoint on, so each trial counts its largest figure once.
+    """
+
+    def __init__(self, flops: float | None, spent: dict[str, float] | None = None):
         self.flops = flops
-        self.spent: dict[str, float] = {}
+        self.spent = dict(spent or {})
 
     def __call__(self, trial_id: str, result: dict[str, Any]) -> bool:
-        self.spent[trial_id] = float(result.get("train_flops", 0.0))
+        key = result["config"][SETTINGS_KEY]["trial_id"]
+        self.spent[key] = max(self.spent.get(key, 0.0), float(result.get("train_flops", 0.0)))
         return False
 
     def stop_all(self) -> bool:
         """True once the budget is spent."""
-        return sum(self.spent.values()) >= self.flops
+        return self.flops is not None and sum(self.spent.values()) >= self.flops
 
 
 def named_trainable(experiment: str):
@@ -227,72 +291,67 @@ def named_trainable(experiment: str):
 
 
 class TrialNamer:
-    """Trial names and folder names a person recognises: `<arch>_<trial id>`."""
+    """Trial names and folder names a person recognises: `<arch>_<trial id>`, the id being the
+    one in the results file and the study."""
 
     def __call__(self, trial: Any) -> str:
-        return f"{trial_config(trial.config).arch}_{trial.trial_id}"
+        return f"{trial_config(trial.config).arch}_{trial.config[SETTINGS_KEY]['trial_id']}"
 
 
-def make_searcher(settings: SearchSettings) -> Any:
-    """The Optuna searcher over the space, writing its study to the Optuna storage."""
-    import optuna
+def make_searcher(settings: SearchSettings, study: SearchStudy, continuing: list[int]) -> Any:
+    """The searcher over the space: the study's unfinished trials, then its sampler's."""
+    from launch.searcher import StudySearcher, make_sampler
+    from search_spaces import get_space
 
-    from launch.searcher import PicoOptunaSearch, make_sampler
-
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    from search_spaces import get_space, warm_start_points
-
-    metrics = settings.metrics
-    single = len(metrics) == 1
-    points = warm_start_points(settings.space)
-    if settings.space != "seed22" and not settings.warm_start:
-        points = []
-    try:
-        storage = optuna.storages.RDBStorage(settings.optuna_url)
-    except Exception as exc:  # SQLAlchemy raises many kinds for a bad URL or database
-        raise PicoError(f"cannot open the Optuna storage {settings.optuna_url}: {exc}") from None
-    return PicoOptunaSearch(
-        get_space(settings.space),
-        metric=metrics[0][0] if single else [m for m, _ in metrics],
-        mode=metrics[0][1] if single else [mode for _, mode in metrics],
-        max_steps=settings.max_steps,
-        points_to_evaluate=points or None,
-        sampler=make_sampler(settings.sampler, settings.seed, len(metrics)),
-        study_name=settings.name,
-        storage=storage,
+    space = get_space(settings.space)
+    fixed = settings.fixed_fields()
+    study.use_sampler(make_sampler(settings.sampler, settings.seed, len(settings.metrics)))
+    return StudySearcher(
+        study,
+        lambda trial: {**fixed, **space(trial)},
+        num_samples=settings.num_samples,
+        continuing=continuing,
+        metric=ASHA_METRIC,
     )
 
 
-def make_scheduler(settings: SearchSettings) -> Any:
-    """ASHA on val_loss, by optimizer step; or FIFO (every trial runs to max_steps)."""
-    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+def make_scheduler(settings: SearchSettings, study: SearchStudy) -> Any:
+    """ASHA on val_loss by optimizer step, its records in the study; or FIFO (every trial runs
+    to max_steps)."""
+    from ray.tune.schedulers import FIFOScheduler
+
+    from launch.scheduler import StudyASHA
 
     if settings.scheduler == "fifo":
         return FIFOScheduler()
-    return ASHAScheduler(
-        time_attr="step",
+    return StudyASHA(
+        study,
         metric=ASHA_METRIC,
-        mode="min",
+        time_attr="step",
         max_t=settings.max_steps,
         grace_period=settings.grace_period,
         reduction_factor=settings.reduction_factor,
     )
 
 
-def make_callbacks(settings: SearchSettings, data: Any, command: str) -> list[Any]:
-    """The results exporter, and the wandb tracker when asked for."""
-    table = ResultsTable(
-        settings.results_path, settings.name, experiment_metadata(settings, data, command)
-    )
-    budgets = (settings.time_budget_s, settings.compute_budget)
-    exporter = ResultsExporter(
-        table, settings.max_steps, settings.asha_milestones(), budgets=budgets
-    )
-    callbacks: list[Any] = [exporter]
+def make_callbacks(settings: SearchSettings, study: SearchStudy, writer: ResultsWriter) -> list:
+    """The recorder, and the wandb tracker when asked for."""
+    from launch.recorder import Recorder
+
+    callbacks: list[Any] = [
+        Recorder(
+            study,
+            writer,
+            max_steps=settings.max_steps,
+            metrics=[m for m, _ in settings.metrics],
+            milestones=settings.asha_milestones(),
+        )
+    ]
     if settings.wandb != "off":
         from launch.tracking import WandbTracker
 
-        folder = str(settings.local_folder)
+        # wandb's files go in a local experiment folder, else beside this process.
+        folder = "." if settings.is_remote else settings.experiment_path
         callbacks.append(WandbTracker(settings.wandb, settings.name, folder=folder))
     return callbacks
 
@@ -321,9 +380,8 @@ def experiment_metadata(settings: SearchSettings, data: Any, command: str) -> di
         "git_commit": git_commit(),
         "command": command,
         "num_samples": settings.num_samples,
-        "optuna_storage": settings.optuna_url,
+        "optuna_storage": redact(settings.optuna_url),
         "started_at": utc_now(),
-        "ended_at": None,
     }
 
 

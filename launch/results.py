@@ -1,15 +1,16 @@
 """The results file: every evaluation of every trial in one Parquet file (docs/results.md).
 
-`ResultsTable` holds the trials of one experiment and writes them atomically (a temporary file,
-then `os.replace`), so a reader or a crash only ever sees a complete file. It knows nothing of Ray:
-the Tune callback in `launch/export.py` feeds it. `load_trial_config` reads a trial's config back.
+`ResultsTable` holds the trials of one experiment and encodes them as Parquet; `launch/export.py`
+fills it from the study and the trial folders, and keeps it current during a search. It knows
+nothing of Ray or Optuna. Each trial's rows are built once per change of that trial, so writing
+the file costs the encoding of its rows, not a rebuild of every trial's config.
+`load_trial_config` reads a trial's config back.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,12 +18,12 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from launch.status import RUNNING
 from pico.config import ARCH_FIELDS, MODEL_FIELDS, TrainConfig
 from pico.errors import PicoError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 METADATA_KEY = b"pico"
-STATUSES = ("completed", "early_stopped", "stopped", "errored", "diverged", "lost", "running")
 
 _ARROW_TYPES = {bool: pa.bool_(), int: pa.int64(), float: pa.float64(), str: pa.string()}
 HP_COLUMNS = [
@@ -72,7 +73,7 @@ class TrialRecord:
 
     trial_id: str
     config: dict[str, Any]
-    status: str = "running"
+    status: str = RUNNING
     evals: dict[int, dict[str, Any]] = field(default_factory=dict)
     rung: int = 0
     node: str | None = None
@@ -85,25 +86,24 @@ class TrialRecord:
 
     def add_eval(self, metrics: dict[str, Any]) -> None:
         """Record one evaluation. A report at step s means the trial's history is rewound to s
-        (a retry from a checkpoint, a restart): later evaluations from a previous attempt go."""
+        (a retry or a resume from an earlier checkpoint): later evaluations go until repeated."""
         step = int(metrics["step"])
         self.evals = {s: row for s, row in self.evals.items() if s < step}
         self.evals[step] = {name: metrics.get(name) for name in METRIC_NAMES}
-
-    def backfill(self, metrics: dict[str, Any]) -> None:
-        """Record an evaluation only if its step is missing (recovered from Tune's own log)."""
-        self.evals.setdefault(int(metrics["step"]), {n: metrics.get(n) for n in METRIC_NAMES})
+        for name in ("node", "node_id", "device", "decode_latency_ms", "checkpoint"):
+            if metrics.get(name) is not None:
+                setattr(self, name, metrics[name])
 
     @property
     def last_step(self) -> int:
         """The step of the last evaluation (0 before the first)."""
         return max(self.evals, default=0)
 
-    def rows(self, experiment: str) -> list[dict[str, Any]]:
-        """The trial's rows: one per evaluation, or one with null metrics if it has none."""
+    def trial_columns(self, experiment: str) -> dict[str, Any]:
+        """The columns that are the same on every row of the trial."""
         cfg = TrainConfig.from_dict(self.config)
         unused = set(MODEL_FIELDS) - set(ARCH_FIELDS[cfg.arch])
-        trial = {
+        return {
             "experiment": experiment,
             "trial_id": self.trial_id,
             "arch": cfg.arch,
@@ -120,6 +120,10 @@ class TrialRecord:
             "decode_latency_ms": self.decode_latency_ms,
             "retries": self.retries,
         }
+
+    def rows(self, experiment: str) -> list[dict[str, Any]]:
+        """The trial's rows: one per evaluation, or one with null metrics if it has none."""
+        trial = self.trial_columns(experiment)
         steps = sorted(self.evals) or [None]
         return [
             {**trial, **self.evals.get(step, {}), "is_last": step == steps[-1]} for step in steps
@@ -127,39 +131,36 @@ class TrialRecord:
 
 
 class ResultsTable:
-    """All trials of one experiment, written to one Parquet file on demand."""
+    """All trials of one experiment, encoded as one Parquet file on demand."""
 
-    def __init__(self, path: str | Path, experiment: str, metadata: dict[str, Any]):
-        self.path = Path(path)
+    def __init__(self, experiment: str, metadata: dict[str, Any]):
         self.experiment = experiment
         self.metadata = {"schema_version": SCHEMA_VERSION, "experiment": experiment, **metadata}
         self.trials: dict[str, TrialRecord] = {}
+        self._encoded: dict[str, pa.Table] = {}  # trial id -> its rows, while unchanged
 
-    def trial(self, trial_id: str, config: dict[str, Any]) -> TrialRecord:
-        """The record of `trial_id`, created from its config fields on first sight."""
+    def trial(self, trial_id: str, config: dict[str, Any] | None = None) -> TrialRecord:
+        """The record of `trial_id` (created from its config fields on first sight), marked as
+        changed: the caller is about to update it."""
         if trial_id not in self.trials:
+            if config is None:
+                raise KeyError(trial_id)
             self.trials[trial_id] = TrialRecord(trial_id, config)
+        self._encoded.pop(trial_id, None)
         return self.trials[trial_id]
 
     def to_arrow(self) -> pa.Table:
         """Every trial's rows, in trial order then step order, with the file metadata."""
-        rows = [row for record in self.trials.values() for row in record.rows(self.experiment)]
-        table = pa.Table.from_pylist(rows, schema=SCHEMA)
+        parts = []
+        for trial_id, record in sorted(self.trials.items()):
+            if trial_id not in self._encoded:
+                self._encoded[trial_id] = pa.Table.from_pylist(
+                    record.rows(self.experiment), schema=SCHEMA
+                )
+            parts.append(self._encoded[trial_id])
+        table = pa.concat_tables(parts) if parts else SCHEMA.empty_table()
         meta = json.dumps(self.metadata, default=str)
         return table.replace_schema_metadata({METADATA_KEY: meta.encode()})
-
-    def write(self) -> Path:
-        """Write the file atomically: readers see the previous version or this one, never half."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_name(f".{self.path.name}.tmp-{os.getpid()}")
-        pq.write_table(self.to_arrow(), tmp)
-        os.replace(tmp, self.path)
-        return self.path
-
-    def load(self) -> None:
-        """Read the trials back from an existing file (a resumed search continues from it)."""
-        if self.path.exists():
-            self.trials.update((record.trial_id, record) for record in read_trials(self.path))
 
 
 def read_trials(path: str | Path) -> list[TrialRecord]:

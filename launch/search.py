@@ -3,6 +3,7 @@
     python launch/search.py --space kv_transformer          # a local search, ~5 minutes on 2 CPUs
     python launch/search.py --name demo --resume            # continue an interrupted one
     python launch/search.py --address head:6379 --gpus-per-trial 0.25 --num-samples 200
+    python launch/search.py --name demo --export            # rebuild results.parquet from storage
 
 The logic lives in launch/experiment.py; this file only turns flags into `SearchSettings`.
 """
@@ -10,6 +11,7 @@ The logic lives in launch/experiment.py; this file only turns flags into `Search
 from __future__ import annotations
 
 import dataclasses
+import json
 import shlex
 import sys
 import time
@@ -22,7 +24,6 @@ from launch.settings import (
     OBJECTIVES,
     SAMPLERS,
     SCHEDULERS,
-    SETTINGS_FILE,
     WANDB_MODES,
     SearchSettings,
     check_inputs,
@@ -31,7 +32,7 @@ from pico.errors import ArgumentParser, PicoError, run_cli
 from search_spaces import SPACES
 
 # Flags that a resumed search may change: they do not alter what the experiment computes.
-RESUME_FLAGS = {"name", "storage", "resume", "address", "verbose", "quiet", "dashboard"}
+RESUME_FLAGS = {"name", "storage", "resume", "export", "address", "verbose", "quiet", "dashboard"}
 EXIT_INTERRUPTED = 130
 
 
@@ -74,7 +75,10 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--name", help="experiment name [<space>-<date>-<time>]")
     p.add_argument("--storage", help=f"experiments folder or URI [{d.storage}]")
     p.add_argument("--output", help="results Parquet file [<storage>/<name>/results.parquet]")
-    p.add_argument("--optuna-storage", help="Optuna RDB URL [sqlite:///<storage>/<name>/optuna.db]")
+    p.add_argument(
+        "--optuna-storage",
+        help="Optuna RDB URL, e.g. postgresql://USER@HOST/DB [sqlite:///<storage>/<name>/study.db]",
+    )
     p.add_argument("--corpus", help=f"training corpus [{d.corpus}]")
     p.add_argument("--tokenizer", help=f"tokenizer spec [{d.tokenizer}]")
     p.add_argument("--max-docs", type=int, help="cap on documents read (tinystories)")
@@ -93,7 +97,12 @@ def build_parser() -> ArgumentParser:
     p.add_argument(
         "--resume",
         action="store_true",
-        help="continue experiment --name after an interrupt or crash",
+        help="continue experiment --name after an interrupt or crash, from any machine",
+    )
+    p.add_argument(
+        "--export",
+        action="store_true",
+        help="rebuild experiment --name's results file from its study and trial folders, and exit",
     )
     p.add_argument("--wandb", help=f"{' | '.join(WANDB_MODES)} [off]")
     p.add_argument(
@@ -140,17 +149,41 @@ def new_settings(given: dict) -> SearchSettings:
     return SearchSettings(**{**defaults, **given})
 
 
-def resumed_settings(given: dict) -> SearchSettings:
-    """The saved settings of experiment --name; any other flag given must agree with them."""
+def resumed_settings(given: dict, allowed: set[str] = RESUME_FLAGS) -> SearchSettings:
+    """The settings experiment --name was started with, read from its study; any flag given
+    that is not in `allowed` must agree with them."""
+    from launch.study import SearchStudy, without_password
+
     if "name" not in given:
-        raise PicoError("--resume needs --name: the experiment to continue")
+        flag = "--export" if "output" in allowed else "--resume"
+        raise PicoError(f"{flag} needs --name: the experiment to continue")
     probe = new_settings({k: v for k, v in given.items() if k in ("name", "storage")})
-    folder = probe.local_folder
-    if not (folder / SETTINGS_FILE).is_file():
+    try:
+        manifest = probe.store().read_manifest()
+    except (OSError, ValueError) as exc:  # pyarrow: unknown scheme, no credentials, ...
+        raise PicoError(f"cannot use storage {probe.storage}: {exc}") from None
+    except json.JSONDecodeError:
+        raise PicoError(f"{probe.store().uri('experiment.json')} is damaged: not JSON") from None
+    if manifest is None:
         raise PicoError(f"nothing to resume: no experiment {probe.name!r} in {probe.storage}")
-    saved = SearchSettings.load(folder)
+    url = given.get("optuna_storage") or manifest.get("study") or probe.optuna_url
+    if url is None:
+        raise PicoError(f"the manifest of {probe.name!r} names no study: pass --optuna-storage")
+    study = SearchStudy.load(url, probe.name)
+    # The same storage, wherever it is mounted now.
+    saved = SearchSettings.from_dict({**study.settings, "optuna_storage": url})
+    saved.storage = probe.storage
     for key, value in given.items():
-        if key not in RESUME_FLAGS and getattr(saved, key) != value:
+        if key == "optuna_storage":
+            value, stored = without_password(value), study.settings.get(key)
+            if stored is not None and value != stored:
+                raise PicoError(
+                    f"conflicting flags: experiment {saved.name!r} keeps its study in a "
+                    "different --optuna-storage"
+                )
+        elif key in allowed:
+            setattr(saved, key, value)
+        elif getattr(saved, key) != value:
             flag = "--" + key.replace("_", "-")
             raise PicoError(
                 f"conflicting flags: experiment {saved.name!r} was started with {flag} "
@@ -159,26 +192,46 @@ def resumed_settings(given: dict) -> SearchSettings:
     return saved
 
 
+def export_results(settings: SearchSettings) -> int:
+    """`--export`: rebuild the results file from the study and the trial folders alone."""
+    from launch.export import export
+    from launch.study import SearchStudy
+
+    study = SearchStudy.load(settings.optuna_url, settings.name)
+    table = export(study, settings.store(), settings.results_path)
+    print(f"{len(table.trials)} trials written to {settings.results_path}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the search command; 0 when done, 130 when interrupted (resume with --resume)."""
     args = build_parser().parse_args(argv)
     given = given_settings(args)
+    if args.resume and args.export:
+        raise PicoError("--resume and --export do different things: pass one of them")
+    if args.export:
+        settings = resumed_settings(given, RESUME_FLAGS | {"output"})
+        if settings.output and Path(settings.output).exists():
+            raise PicoError(f"{settings.output} already exists: choose another --output")
+        return export_results(settings)
     settings = resumed_settings(given) if args.resume else new_settings(given)
     # Bad input fails here, in about a second, before Ray and torch are imported.
     check_inputs(settings, resume=args.resume, address=args.address)
     if args.address and not settings.is_remote:
         print(
-            f"note: trials on other nodes write checkpoints to {settings.storage} there: it must "
-            "be a shared file system (or pass --storage s3://...) for retries and --resume",
+            f"note: trials on other nodes write their folders to {settings.storage} there: it "
+            "must be a shared file system (or pass --storage s3://...) for retries and --resume",
             file=sys.stderr,
         )
 
     from launch.experiment import run_search
-    from launch.summary import summary_lines, unfinished
+    from launch.study import redact
+    from launch.summary import summary_lines
 
     verbosity = 0 if args.quiet else 2 if args.verbose else 1
-    command = shlex.join(["python", "launch/search.py", *(sys.argv[1:] if argv is None else argv)])
-    run_search(
+    words = sys.argv[1:] if argv is None else argv
+    command = shlex.join(["python", "launch/search.py", *map(redact, words)])
+    outcome = run_search(
         settings,
         resume=args.resume,
         verbosity=verbosity,
@@ -186,14 +239,15 @@ def main(argv: list[str] | None = None) -> int:
         command=command,
         dashboard=args.dashboard,
     )
-    print("\n".join(summary_lines(settings)))
-    left = unfinished(settings)
-    if left and (settings.time_budget_s or settings.compute_budget):
-        print(f"the budget ended the search with {left} trial(s) not run to their end")
-    elif left:
+    print("\n".join(summary_lines(settings, outcome.table)))
+    if outcome.ended and outcome.unfinished:
         print(
-            f"interrupted with {left} trial(s) unfinished; continue with: python launch/search.py"
-            f" --name {settings.name} --storage {settings.storage} --resume"
+            f"the budget ended the search with {outcome.unfinished} trial(s) not run to their end"
+        )
+    elif not outcome.ended:
+        print(
+            f"interrupted with {outcome.unfinished} trial(s) unfinished; continue with: python "
+            f"launch/search.py --name {settings.name} --storage {settings.storage} --resume"
         )
         return EXIT_INTERRUPTED
     return 0

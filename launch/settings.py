@@ -1,29 +1,25 @@
 """What defines a search, checked before any work starts, and where its files go.
 
-An experiment lives in `<storage>/<name>/`: Ray Tune's state and trial folders, `pico/search.json`
-(these settings, read back by `--resume`), `optuna.db` (the Optuna study, unless
-`optuna_storage` names another) and `results.parquet` (unless `output` names another file).
+An experiment lives in `<storage>/<name>/` (launch/storage.py): its manifest, the trial folders,
+`results.parquet` (unless `output` names another file) and, unless `optuna_storage` names a
+database, the Optuna study `study.db`, which holds these settings (launch/study.py).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import importlib.util
-import json
 import os
 import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from launch.storage import MANIFEST, RESULTS, ExperimentStore, is_uri
+from launch.study import STUDY_FILE
 from pico.config import TrainConfig
 from pico.errors import PicoError
-from pico.files import write_atomic
 
-# In a subfolder: on resume, Tune copies every top-level .json and .pkl file of the experiment to
-# its staging folder, then copies them back, in place, each time it saves its state; a driver
-# killed mid-copy would cut the settings short.
-SETTINGS_FILE = "pico/search.json"
 CONNECT_TIMEOUT_S = 5.0
 # Objective name -> (reported metric, Tune mode).
 OBJECTIVES = {
@@ -80,28 +76,31 @@ class SearchSettings:
     @property
     def is_remote(self) -> bool:
         """True when the experiment is stored under a URI rather than a local folder."""
-        return "://" in self.storage
+        return is_uri(self.storage)
 
     @property
     def experiment_path(self) -> str:
-        """Where Ray Tune keeps the experiment: a local folder or a URI."""
+        """The experiment's folder: a local path or a URI."""
         return f"{self.storage.rstrip('/')}/{self.name}"
 
-    @property
-    def local_folder(self) -> Path:
-        """Where this machine keeps the experiment's own files (the experiment folder itself,
-        or, for a URI storage, a local folder of the same name)."""
-        return Path(self.experiment_path) if not self.is_remote else Path(self.name).resolve()
+    def store(self) -> ExperimentStore:
+        """Reads and writes the experiment's folder."""
+        return ExperimentStore(self.experiment_path)
 
     @property
-    def results_path(self) -> Path:
-        """The results Parquet file."""
-        return Path(self.output) if self.output else self.local_folder / "results.parquet"
+    def results_path(self) -> str:
+        """The results Parquet file: a local path or a URI."""
+        return self.output or f"{self.experiment_path}/{RESULTS}"
 
     @property
-    def optuna_url(self) -> str:
-        """The Optuna storage URL: the given one, or SQLite in the experiment's local folder."""
-        return self.optuna_storage or f"sqlite:///{self.local_folder / 'optuna.db'}"
+    def optuna_url(self) -> str | None:
+        """The Optuna storage URL: the given one, or SQLite in a local experiment folder (None
+        for remote storage without one: `check_storage` refuses that)."""
+        if self.optuna_storage:
+            return self.optuna_storage
+        if self.is_remote:
+            return None
+        return f"sqlite:///{Path(self.experiment_path) / STUDY_FILE}"
 
     @property
     def metrics(self) -> list[tuple[str, str]]:
@@ -110,7 +109,7 @@ class SearchSettings:
 
     def asha_milestones(self) -> list[float]:
         """The steps at which ASHA compares trials (none without ASHA)."""
-        from launch.export import asha_milestones
+        from launch.scheduler import asha_milestones
 
         if self.scheduler != "asha":
             return []
@@ -129,18 +128,18 @@ class SearchSettings:
             "num_threads": max(1, int(self.cpus_per_trial)),
         }
 
-    # --------------------------------------------------------------------- persistence
+    def to_dict(self) -> dict[str, Any]:
+        """The settings as stored in the study: a database URL without its password."""
+        from launch.study import without_password
 
-    def save(self) -> None:
-        """Write the settings into the experiment's local folder."""
-        write_atomic(
-            self.local_folder / SETTINGS_FILE, json.dumps(dataclasses.asdict(self), indent=2)
-        )
+        values = dataclasses.asdict(self)
+        if self.optuna_storage:
+            values["optuna_storage"] = without_password(self.optuna_storage)
+        return values
 
     @classmethod
-    def load(cls, folder: Path) -> SearchSettings:
-        """Read the settings an experiment was started with."""
-        values = json.loads((folder / SETTINGS_FILE).read_text())
+    def from_dict(cls, values: dict[str, Any]) -> SearchSettings:
+        """Settings read back from a study (fields a later version dropped are ignored)."""
         known = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in values.items() if k in known})
 
@@ -205,12 +204,23 @@ def check_writable(folder: Path, what: str) -> None:
 
 
 def check_storage(settings: SearchSettings, resume: bool) -> None:
-    """Fail before any work if the experiment cannot be written, or would overwrite another."""
-    exists = (settings.local_folder / SETTINGS_FILE).is_file()
+    """Fail before any work if the experiment cannot be written, would overwrite another, or
+    would keep its study on a disk that can vanish."""
+    if settings.optuna_url is None:
+        raise PicoError(
+            f"with --storage {settings.storage} the study needs a database every machine can "
+            "reach: pass --optuna-storage postgresql://USER@HOST/DB (the password in PGPASSWORD "
+            "or ~/.pgpass)"
+        )
+    try:
+        store = settings.store()
+        exists = store.exists(MANIFEST)
+    except (OSError, ValueError) as exc:  # pyarrow: unknown scheme, no credentials, ...
+        raise PicoError(f"cannot use storage {settings.storage}: {exc}") from None
     if resume and not exists:
         raise PicoError(
             f"nothing to resume: no experiment {settings.name!r} in {settings.storage} "
-            f"(expected {settings.local_folder / SETTINGS_FILE})"
+            f"(expected {store.uri(MANIFEST)})"
         )
     if not resume and exists:
         raise PicoError(
@@ -219,16 +229,10 @@ def check_storage(settings: SearchSettings, resume: bool) -> None:
         )
     if not resume and settings.output and Path(settings.output).exists():
         raise PicoError(f"{settings.output} already exists: choose another --output")
-    if settings.is_remote:
-        import pyarrow.fs
-
-        try:
-            pyarrow.fs.FileSystem.from_uri(settings.storage)
-        except (pyarrow.ArrowInvalid, OSError) as exc:
-            raise PicoError(f"cannot use storage {settings.storage}: {exc}") from None
-    else:
+    if not settings.is_remote:
         check_writable(Path(settings.storage), "experiment")
-    check_writable(settings.results_path.parent, "results file")
+    if settings.output or not settings.is_remote:
+        check_writable(Path(settings.results_path).parent, "results file")
 
 
 def check_reachable(address: str, timeout: float = CONNECT_TIMEOUT_S) -> None:

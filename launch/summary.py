@@ -1,11 +1,12 @@
-"""What the search command prints at the end, read from the results file alone."""
+"""What the search command prints at the end, from the results table."""
 
 from __future__ import annotations
 
 import pandas as pd
 
-from launch.results import read_metadata
+from launch.results import ResultsTable
 from launch.settings import SearchSettings
+from launch.study import redact
 from pico.config import ARCH_FIELDS
 
 SHOWN_OPTIM_FIELDS = ("lr", "batch_size", "block_size", "dropout", "weight_decay", "warmup_steps")
@@ -45,16 +46,13 @@ def describe(row: pd.Series) -> str:
     return " ".join(parts)
 
 
-def summary_lines(settings: SearchSettings) -> list[str]:
+def summary_lines(settings: SearchSettings, table: ResultsTable) -> list[str]:
     """The end-of-search report: outcome counts, best config per architecture (or the Pareto
     set), where the results are and how to open them."""
     path = settings.results_path
-    last = final_rows(pd.read_parquet(path))
+    last = final_rows(table.to_arrow().to_pandas())
     counts = last["status"].value_counts()
     lines = [f"{len(last)} trials: " + ", ".join(f"{n} {status}" for status, n in counts.items())]
-    untracked = read_metadata(path).get("untracked_trials", [])
-    if untracked:
-        lines[0] += f" ({len(untracked)} untracked: cut off from Tune by a crash, docs/results.md)"
     metric, mode = settings.metrics[0]
     if len(settings.metrics) == 1:
         for _, row in best_per_arch(last, metric, mode).iterrows():
@@ -71,7 +69,7 @@ def summary_lines(settings: SearchSettings) -> list[str]:
     lines += [
         f"results: {path}",
         f"report:  python analysis/report.py {path}",
-        f"optuna:  optuna-dashboard {settings.optuna_url}",
+        f"optuna:  optuna-dashboard {redact(settings.optuna_url)}",
     ]
     best = best_per_arch(last, metric, mode)
     if not best.empty:
@@ -80,18 +78,3 @@ def summary_lines(settings: SearchSettings) -> list[str]:
         trial = ranked.iloc[0]["trial_id"]
         lines.append(f"rerun:   python launch/train.py --from-results {path} --trial {trial}")
     return lines
-
-
-def unfinished(settings: SearchSettings) -> int:
-    """Trials of the requested number that have not ended: still running, or never started.
-
-    Trials that Tune lost track of in a crash (`untracked_trials`) do not count: Tune runs as
-    many new ones in their place.
-    """
-    path = settings.results_path
-    if not path.exists():
-        return settings.num_samples
-    last = final_rows(pd.read_parquet(path, columns=["trial_id", "status", "is_last"]))
-    last = last[~last["trial_id"].isin(read_metadata(path).get("untracked_trials", []))]
-    running = int((last["status"] == "running").sum())
-    return running + max(0, settings.num_samples - len(last))

@@ -15,9 +15,9 @@ from typing import Any
 from ray.tune import Callback
 from ray.tune.experiment import Trial
 
-from launch.export import final_status
+from launch import status
 from launch.results import METRIC_NAMES
-from launch.trainable import trial_config
+from launch.trainable import pico_trial_id, trial_config
 
 logger = logging.getLogger(__name__)
 
@@ -52,23 +52,25 @@ class WandbTracker(Callback):
             return None
 
     def _run(self, trial: Trial) -> Any:
-        if trial.trial_id not in self._runs:
-            self._runs[trial.trial_id] = self._guard("init", self._init, trial)
-        return self._runs[trial.trial_id]
+        trial_id = pico_trial_id(trial.config)
+        if trial_id not in self._runs:
+            self._runs[trial_id] = self._guard("init", self._init, trial)
+        return self._runs[trial_id]
 
     def _init(self, trial: Trial) -> Any:
         import wandb
 
         Path(self.folder).mkdir(parents=True, exist_ok=True)
         cfg = trial_config(trial.config)
+        trial_id = pico_trial_id(trial.config)
         return wandb.init(
             project=self.project,
             group=self.experiment,
-            name=f"{cfg.arch}-{trial.trial_id}",
-            id=f"{self.experiment}-{trial.trial_id}".replace("/", "-")[-64:],
+            name=f"{cfg.arch}-{trial_id}",
+            id=f"{self.experiment}-{trial_id}".replace("/", "-")[-64:],
             resume="allow",
             reinit="create_new",
-            config={**cfg.to_dict(), "trial_id": trial.trial_id, "fingerprint": cfg.fingerprint()},
+            config={**cfg.to_dict(), "trial_id": trial_id, "fingerprint": cfg.fingerprint()},
             dir=self.folder,
             mode=self.mode,
             job_type="trial",
@@ -83,21 +85,21 @@ class WandbTracker(Callback):
             values = {k: result[k] for k in (*METRIC_NAMES, *EXTRA_FIELDS) if k in result}
             self._guard("log", run.log, values, int(result.get("step", 0)))
 
-    def _finish(self, trial: Trial, status: str) -> None:
-        run = self._runs.pop(trial.trial_id, None)
+    def _finish(self, trial: Trial, outcome: str) -> None:
+        run = self._runs.pop(pico_trial_id(trial.config), None)
         if run is None:
             return
         summary = {k: v for k, v in trial.last_result.items() if k in METRIC_NAMES}
-        self._guard("summary", run.summary.update, {**summary, "status": status})
-        self._guard("finish", run.finish, 1 if status == "errored" else 0)
+        self._guard("summary", run.summary.update, {**summary, "status": outcome})
+        self._guard("finish", run.finish, 1 if outcome == status.ERRORED else 0)
 
     def on_trial_complete(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any):
         max_steps = trial_config(trial.config).max_steps
-        self._finish(trial, final_status(trial.last_result, max_steps))
+        self._finish(trial, status.ending(trial.last_result, max_steps))
 
     def on_trial_error(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any):
-        self._finish(trial, "errored")
+        self._finish(trial, status.ERRORED)
 
     def on_experiment_end(self, trials: list[Trial], **info: Any) -> None:
-        for trial in trials:  # trials left running by an interrupt
-            self._finish(trial, "stopped")
+        for trial in trials:  # trials a budget or an interrupt left unfinished
+            self._finish(trial, status.RUNNING)

@@ -1,16 +1,18 @@
 """The Tune trainable: one Pico training run per trial, reporting every evaluation to Tune.
 
 A trial's config is a flat dict of TrainConfig fields plus one private entry, `_pico`, with what
-every trial needs that is not a hyperparameter (where the prepared data lives, fault injection).
-At each evaluation the trainable writes a checkpoint and hands it to `tune.report` with every
-metric; a retried trial continues from `tune.get_checkpoint()` exactly where it left off.
+the trial needs that is not a hyperparameter: its id, its experiment's folder, where the prepared
+data lives, fault injection. The trial owns `<experiment>/trials/<id>/` (launch/storage.py). At
+each evaluation it logs the metrics there, then writes a checkpoint there, then hands the metrics
+to `tune.report`. Whenever it starts (first run, a retry after a failure, a resumed search, on any
+node) it continues from its newest checkpoint, exactly where it left off; Tune's own checkpoints
+are not used. Logging before checkpointing means a trial killed between the two repeats that
+evaluation, never skips it.
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +22,7 @@ import ray
 import torch
 from ray import tune
 
+from launch.storage import ExperimentStore
 from pico.config import TrainConfig
 
 SETTINGS_KEY = "_pico"
@@ -31,6 +34,8 @@ LATENCY_TOKENS = 32
 class TrialSettings:
     """What every trial needs besides its hyperparameters."""
 
+    experiment: str  # the experiment's folder or URI (launch/storage.py)
+    trial_id: str
     data_dir: str  # the folder the driver prepared; absolute: trials run in their own folder
     max_docs: int | None = None
     # Tests only: raise once, right after the checkpoint of the first evaluation at or past this
@@ -47,38 +52,58 @@ def trial_config(config: dict[str, Any]) -> TrainConfig:
     return TrainConfig.from_dict({k: v for k, v in config.items() if k in CONFIG_FIELDS})
 
 
-def param_space(fixed: dict[str, Any], settings: TrialSettings) -> dict[str, Any]:
-    """Tune's param_space: the fields fixed for every trial and the private settings."""
-    return {**fixed, SETTINGS_KEY: dataclasses.asdict(settings)}
+def pico_trial_id(config: dict[str, Any]) -> str:
+    """The Pico trial id (Optuna's trial number) of a trial's config."""
+    return config[SETTINGS_KEY]["trial_id"]
 
 
 def train_trial(config: dict[str, Any]) -> None:
-    """Train the trial's config, reporting each evaluation with a checkpoint (Tune trainable)."""
+    """Train the trial's config from its newest checkpoint, logging and reporting each
+    evaluation (Tune trainable; see the module docstring)."""
     from pico.train import train
 
     settings = TrialSettings(**config[SETTINGS_KEY])
     cfg = trial_config(config).validate()
+    store = ExperimentStore(settings.experiment)
+    trial_id = settings.trial_id
+    final = finished_evaluation(store, trial_id, cfg.max_steps)
+    if final is not None:  # it ended before a crash kept the driver from hearing it
+        tune.report(final)
+        return
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)  # the CPUs Ray gave this trial, no more
     data = load_data(cfg, settings)
-    checkpoint = tune.get_checkpoint()
     extra = {
         "device": _device_name(cfg),
+        "node": ray.util.get_node_ip_address(),
         "node_id": ray.get_runtime_context().get_node_id(),
         "decode_latency_ms": decode_latency_ms(cfg, data),
     }
-    fail_at = settings.fail_at_step if checkpoint is None else None
+    with store.latest_checkpoint(trial_id) as resume_from:
+        fail_at = settings.fail_at_step if resume_from is None else None
 
-    def on_eval(metrics: dict[str, Any], save) -> None:
-        with tempfile.TemporaryDirectory(prefix="pico-ckpt-") as tmp:
-            folder = save(Path(tmp) / "checkpoint")
-            tune.report({**metrics, **extra}, checkpoint=tune.Checkpoint.from_directory(folder))
-        if fail_at is not None and metrics["step"] >= fail_at:
-            raise InjectedFailure(f"injected failure after step {metrics['step']}")
+        def on_eval(metrics: dict[str, Any], save) -> None:
+            record = {**metrics, **extra}
+            store.write_eval(trial_id, record)
+            checkpoint = store.save_checkpoint(trial_id, int(metrics["step"]), save)
+            tune.report({**record, "checkpoint": checkpoint})
+            if fail_at is not None and metrics["step"] >= fail_at:
+                raise InjectedFailure(f"injected failure after step {metrics['step']}")
 
-    resume = checkpoint.as_directory() if checkpoint else contextlib.nullcontext()
-    with resume as resume_from:
         train(cfg, data, on_eval=on_eval, resume_from=resume_from)
+
+
+def finished_evaluation(store: ExperimentStore, trial_id: str, max_steps: int) -> dict | None:
+    """The trial's last evaluation if its newest checkpoint is where it ended (its last step, or
+    a diverged loss), else None."""
+    steps = store.checkpoint_steps(trial_id)
+    evals = store.read_evals(trial_id) if steps else []
+    if not evals or evals[-1]["step"] != steps[-1]:
+        return None
+    last = evals[-1]
+    if last["step"] < max_steps and not last.get("diverged"):
+        return None
+    return {**last, "checkpoint": store.checkpoint_uri(trial_id, steps[-1])}
 
 
 def load_data(cfg: TrainConfig, settings: TrialSettings) -> Any:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -112,6 +113,31 @@ def test_probe_tokens_clusters_and_compare(repo_root, trained):
 def test_train_bad_input_is_one_line_and_exit_2(repo_root, tmp_path, args, message):
     result = run(repo_root, "train.py", *TINY, "--out", tmp_path / "run", *args)
     assert_bad_input(result, message)
+
+
+def test_tinystories_without_the_datasets_package(repo_root, tmp_path):
+    """The set-up installs HF datasets; a machine without it is told how to get it."""
+    hidden = tmp_path / "no-datasets"
+    hidden.mkdir()
+    (hidden / "datasets.py").write_text("raise ImportError(\"No module named 'datasets'\")\n")
+    result = subprocess.run(
+        [
+            sys.executable,
+            "launch/train.py",
+            *TINY,
+            "--out",
+            tmp_path / "run",
+            "--corpus",
+            "tinystories",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=repo_root,
+        env={**os.environ, "PYTHONPATH": str(hidden)},
+    )
+    assert_bad_input(result, "needs the HF datasets package: pip install 'pico[hf]'")
+    assert not (tmp_path / "run").exists()
 
 
 def test_missing_and_empty_corpus_files(repo_root, tmp_path):

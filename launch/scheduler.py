@@ -1,0 +1,87 @@
+"""ASHA whose rung records live in the study, so that a resumed search keeps them.
+
+Asynchronous successive halving (Li et al., "A System for Massively Parallel Hyperparameter
+Tuning", 2020), decided as Ray Tune's `AsyncHyperBandScheduler` (2.60) decides it with one
+bracket: when a trial first reaches a milestone (`grace_period * reduction_factor**k` steps), it is
+compared with every result recorded at that milestone before it, recorded, and stopped if it is
+worse than the best `1 / reduction_factor` of them. A trial already recorded at the highest
+milestone it has passed continues without a new decision.
+
+Ray's scheduler keeps its records in memory only, so a resumed search forgot them. This one writes
+each record to the study (trial user attribute `asha_rung_<step>`) as it makes it, before the
+decision takes effect, and a new run starts from the records the study holds: after a resume, a
+trial is still compared with every result recorded before the interruption.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+from ray.tune.experiment import Trial
+from ray.tune.schedulers import FIFOScheduler, TrialScheduler
+
+from launch.study import RUNG_ATTR, SearchStudy, number_of, rung_records
+from launch.trainable import pico_trial_id
+
+
+def asha_milestones(grace_period: int, max_t: int, reduction_factor: float) -> list[float]:
+    """The steps at which ASHA compares trials: Ray's formula for its single bracket."""
+    n_rungs = int(math.log(max_t / grace_period) / math.log(reduction_factor) + 1)
+    return [grace_period * reduction_factor**k for k in range(n_rungs)]
+
+
+class StudyASHA(FIFOScheduler):
+    """ASHA minimising `metric` by `time_attr`, its rung records kept in `study`."""
+
+    def __init__(
+        self,
+        study: SearchStudy,
+        *,
+        metric: str,
+        time_attr: str,
+        max_t: int,
+        grace_period: int,
+        reduction_factor: float,
+    ):
+        super().__init__()
+        self.set_search_properties(metric, "min")
+        self.study = study
+        self.time_attr = time_attr
+        self.reduction_factor = reduction_factor
+        self.milestones = asha_milestones(grace_period, max_t, reduction_factor)
+        self.records = rung_records(study.trials(), self.milestones)
+
+    def cutoff(self, milestone: float) -> float | None:
+        """The loss a trial must not exceed at `milestone` (None before the first record)."""
+        recorded = list(self.records[milestone].values())
+        if not recorded:
+            return None
+        return float(np.nanpercentile(recorded, 100 / self.reduction_factor))
+
+    def decide(self, trial_id: str, step: float, value: float) -> str:
+        """CONTINUE or STOP for `trial_id`'s result `value` at `step`, recording it at the
+        highest milestone it has reached (see the module docstring)."""
+        for milestone in reversed(self.milestones):
+            if step < milestone:
+                continue
+            if trial_id in self.records[milestone]:
+                return TrialScheduler.CONTINUE
+            cutoff = self.cutoff(milestone)
+            self.study.set_attr(number_of(trial_id), RUNG_ATTR.format(milestone), value)
+            self.records[milestone][trial_id] = value
+            if cutoff is not None and value > cutoff:
+                return TrialScheduler.STOP
+            return TrialScheduler.CONTINUE
+        return TrialScheduler.CONTINUE
+
+    def on_trial_result(self, tune_controller: Any, trial: Trial, result: dict) -> str:
+        value = result.get(self.metric)
+        if not isinstance(value, int | float) or not math.isfinite(value):
+            return TrialScheduler.CONTINUE  # a diverged trial ends by itself
+        return self.decide(pico_trial_id(trial.config), result[self.time_attr], float(value))
+
+    def debug_string(self) -> str:
+        cutoffs = ", ".join(f"{m:g}: {self.cutoff(m)}" for m in self.milestones)
+        return f"ASHA cutoffs by step: {cutoffs}"
