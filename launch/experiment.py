@@ -97,6 +97,8 @@ def open_study(settings: SearchSettings, data: Any, *, resume: bool, command: st
 
     if resume:
         return SearchStudy.load(settings.optuna_url, settings.name)
+    if not settings.is_remote:  # SQLite makes its file, not the folders above it
+        Path(settings.experiment_path).mkdir(parents=True, exist_ok=True)
     directions = [{"min": "minimize", "max": "maximize"}[mode] for _, mode in settings.metrics]
     points = warm_start_points(settings.space)
     if settings.space != "seed22" and not settings.warm_start:

@@ -84,10 +84,8 @@ def open_storage(url: str) -> optuna.storages.RDBStorage:
         return optuna.storages.RDBStorage(url)
     except Exception as exc:  # SQLAlchemy and the database drivers raise many kinds
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise PicoError(
-            f"cannot open the Optuna storage {redact(url)}: {reason} (a password goes in "
-            "PGPASSWORD or ~/.pgpass, or in --optuna-storage)"
-        ) from None
+        hint = "" if url.startswith("sqlite") else " (a password goes in PGPASSWORD or ~/.pgpass)"
+        raise PicoError(f"cannot open the Optuna storage {redact(url)}: {reason}{hint}") from None
 
 
 class SearchStudy:
@@ -99,6 +97,14 @@ class SearchStudy:
         self._study_id = storage.get_study_id_from_name(study.study_name)
         self._trial_ids: dict[int, int] = {}  # trial number -> storage id
         self.multi_objective = len(study.directions) > 1
+
+    def __getstate__(self) -> dict[str, Any]:
+        """A pickle keeps where the study is, without the password, and no connection: Tune
+        pickles its searcher, scheduler and callbacks into its scratch state (never read back,
+        and left behind by a killed driver), where the storage would carry the password."""
+        url = getattr(self.storage, "url", None)
+        where = without_password(url) if isinstance(url, str) else None
+        return {**self.__dict__, "study": None, "storage": None, "where": where}
 
     # ------------------------------------------------------------------ opening
 

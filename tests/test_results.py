@@ -7,7 +7,7 @@ import math
 import pyarrow.parquet as pq
 import pytest
 
-from launch.export import asha_milestones, final_status
+from launch.export import write_results
 from launch.results import (
     SCHEMA,
     ResultsTable,
@@ -15,6 +15,8 @@ from launch.results import (
     read_metadata,
     read_trials,
 )
+from launch.scheduler import asha_milestones
+from launch.status import ending
 from pico.config import TrainConfig
 from pico.errors import PicoError
 
@@ -40,8 +42,8 @@ def metrics(step: int, val_loss: float = 2.0) -> dict:
     }
 
 
-def make_table(tmp_path) -> ResultsTable:
-    table = ResultsTable(tmp_path / "results.parquet", "exp", {"space": "all"})
+def make_table() -> ResultsTable:
+    table = ResultsTable("exp", {"space": "all"})
     lstm = table.trial("t1", TrainConfig(arch="lstm", seed=3).to_dict())
     for step in (10, 20, 30):
         lstm.add_eval(metrics(step, 3.0 - step / 100))
@@ -54,8 +56,14 @@ def make_table(tmp_path) -> ResultsTable:
     return table
 
 
+def written(table: ResultsTable, tmp_path) -> str:
+    path = str(tmp_path / "results.parquet")
+    write_results(table.to_arrow(), path)
+    return path
+
+
 def test_rows_schema_and_nulls(tmp_path):
-    path = make_table(tmp_path).write()
+    path = written(make_table(), tmp_path)
     table = pq.read_table(path)
     assert table.schema.equals(SCHEMA, check_metadata=False)
     df = table.to_pandas()
@@ -67,32 +75,32 @@ def test_rows_schema_and_nulls(tmp_path):
     assert (df[df.trial_id == "t2"].hp_n_head == 2).all()
     errored = df[df.trial_id == "t3"].iloc[0]
     assert errored.is_last and math.isnan(errored.val_loss) and errored.error.startswith("Runtime")
-    assert read_metadata(path)["schema_version"] == 1
+    assert read_metadata(path)["schema_version"] == 2
     assert read_metadata(path)["space"] == "all"
     assert [p.name for p in tmp_path.iterdir()] == ["results.parquet"]  # no temporary left
 
 
-def test_a_rewound_trial_replaces_its_later_rows(tmp_path):
-    table = make_table(tmp_path)
+def test_a_rewound_trial_replaces_its_later_rows():
+    table = make_table()
     record = table.trials["t1"]
     record.add_eval(metrics(20, 9.0))  # retried from the step-10 checkpoint
     assert sorted(record.evals) == [10, 20] and record.evals[20]["val_loss"] == 9.0
 
 
-def test_reload_keeps_each_trial_once(tmp_path):
-    make_table(tmp_path).write()
-    table = ResultsTable(tmp_path / "results.parquet", "exp", {})
-    table.load()
-    assert sorted(table.trials) == ["t1", "t2", "t3"]
-    table.trials["t2"].add_eval(metrics(20))
-    table.write()
-    records = {r.trial_id: r for r in read_trials(table.path)}
+def test_a_changed_trial_is_encoded_again_and_the_others_are_not(tmp_path):
+    table = make_table()
+    first = table.to_arrow()
+    table.trial("t2").add_eval(metrics(20))  # `trial` marks it changed
+    table.trial("t3").status = "diverged"
+    path = written(table, tmp_path)
+    records = {r.trial_id: r for r in read_trials(path)}
     assert sorted(records) == ["t1", "t2", "t3"] and sorted(records["t2"].evals) == [10, 20]
-    assert records["t1"].status == "completed"
+    assert records["t1"].status == "completed" and records["t3"].status == "diverged"
+    assert first.num_rows + 1 == table.to_arrow().num_rows
 
 
 def test_load_trial_config_round_trip(tmp_path):
-    path = make_table(tmp_path).write()
+    path = written(make_table(), tmp_path)
     assert load_trial_config(path, "t1") == TrainConfig(arch="lstm", seed=3)
     assert load_trial_config(path, "t2").n_head == 2
     with pytest.raises(PicoError, match=r"no trial 'nope'.*t1, t2, t3"):
@@ -104,10 +112,10 @@ def test_load_trial_config_round_trip(tmp_path):
         load_trial_config(tmp_path / "junk.parquet", "t1")
 
 
-def test_final_status_and_rungs():
-    assert final_status({"step": 40, "done": True}, 40) == "completed"
-    assert final_status({"step": 10, "done": True}, 40) == "early_stopped"
-    assert final_status({"step": 10}, 40) == "stopped"  # time budget or interrupt
-    assert final_status({"step": 10, "diverged": True, "done": True}, 40) == "diverged"
+def test_endings_and_rungs():
+    assert ending({"step": 40, "done": True}, 40) == "completed"
+    assert ending({"step": 10, "done": True}, 40) == "early_stopped"
+    assert ending({"step": 10, "diverged": True, "done": True}, 40) == "diverged"
+    assert ending(None, 40) == "errored"
     assert asha_milestones(50, 400, 2) == [50, 100, 200, 400]
     assert asha_milestones(10, 40, 3) == [10, 30]

@@ -1,98 +1,118 @@
-"""The Tune callbacks and stopper on their own, fed the events Tune would send."""
+"""The Tune callbacks, stopper and scheduler on their own, fed the events Tune would send, with a
+real study in SQLite."""
 
 from __future__ import annotations
 
-import json
 import logging
 from types import SimpleNamespace
 
-import pyarrow.parquet as pq
-from ray.tune.experiment import Trial
+import pytest
+from optuna.trial import TrialState
+from ray.tune.schedulers import TrialScheduler
 
 from launch.experiment import ComputeBudget
-from launch.export import ResultsExporter
-from launch.results import ResultsTable, read_trials
+from launch.export import ResultsWriter
+from launch.recorder import Recorder
+from launch.results import ResultsTable
+from launch.scheduler import StudyASHA
+from launch.settings import SearchSettings
+from launch.study import SearchStudy
 from launch.tracking import WandbTracker
 from pico.config import TrainConfig
 
 MAX_STEPS = 40
 
 
-def fake_trial(trial_id: str, status: str = Trial.RUNNING, **last) -> SimpleNamespace:
-    config = {**TrainConfig(arch="lstm").to_dict(), "_pico": {"data_dir": "/x"}}
-    return SimpleNamespace(
-        trial_id=trial_id, config=config, status=status, last_result=last, num_failures=0
-    )
+def make_study(tmp_path, trials: int = 0) -> SearchStudy:
+    """A study holding `trials` running trials."""
+    settings = SearchSettings(name="exp", storage=str(tmp_path), max_steps=MAX_STEPS)
+    (tmp_path / "exp").mkdir(exist_ok=True)
+    study = SearchStudy.create(settings.optuna_url, "exp", ["minimize"], settings.to_dict(), {})
+    for _ in range(trials):
+        study.ask(lambda trial: TrainConfig(arch="lstm").to_dict())
+    return study
+
+
+def fake_trial(trial_id: str, **last) -> SimpleNamespace:
+    config = {**TrainConfig(arch="lstm").to_dict(), "_pico": {"trial_id": trial_id}}
+    return SimpleNamespace(trial_id=f"tune_{trial_id}", config=config, last_result=last)
 
 
 def result(step: int, **extra) -> dict:
     return {"step": step, "val_loss": 3.0 - step / 100, "train_flops": 1e9 * step, **extra}
 
 
-def exporter(tmp_path) -> ResultsExporter:
-    table = ResultsTable(tmp_path / "results.parquet", "exp", {})
-    return ResultsExporter(table, MAX_STEPS, milestones=[10, 20, 40], min_interval_s=3600)
+@pytest.fixture
+def recorded(tmp_path):
+    """A recorder over a study of four running trials, its writer closed at the end."""
+    study = make_study(tmp_path, trials=4)
+    writer = ResultsWriter(ResultsTable("exp", {}), str(tmp_path / "results.parquet"))
+    yield study, Recorder(study, writer, max_steps=MAX_STEPS, metrics=["val_loss"],
+                          milestones=[10, 20, 40])  # fmt: skip
+    writer.close()
 
 
-def statuses(path) -> dict[str, str]:
-    return {r.trial_id: r.status for r in read_trials(path)}
-
-
-def test_exporter_records_how_each_trial_ends(tmp_path):
-    export = exporter(tmp_path)
-    a, b = fake_trial("a"), fake_trial("b")
-    export.on_step_begin(0, [a, b])
-    export.on_trial_result(0, [], a, result(10))  # the first result is written at once
-    export.on_trial_result(0, [], b, result(10))  # the next waits (min_interval_s)
-    assert statuses(export.table.path) == {"a": "running"}
-    export.on_trial_result(0, [], b, result(20, done=True))  # ASHA stops b at its second rung
-    assert statuses(export.table.path) == {"a": "running", "b": "early_stopped"}
-    assert export.table.trials["b"].rung == 2
-    export.on_trial_result(0, [], a, result(40, done=True))
+def test_the_recorder_tells_the_study_how_each_trial_ends(recorded):
+    study, recorder = recorded
+    a, b, c, d = (fake_trial(f"0000{i}") for i in range(4))
+    for trial in (a, b, c, d):
+        recorder.on_trial_result(0, [], trial, result(10))
+    recorder.on_trial_result(0, [], b, result(20, done=True))  # ASHA stops b at its second rung
+    recorder.on_trial_complete(0, [], b)  # then Tune completes it: nothing more to tell
+    recorder.on_trial_result(0, [], a, result(40))
     a.last_result = result(40, done=True)
-    export.on_trial_complete(0, [], a)
-    assert statuses(export.table.path) == {"a": "completed", "b": "early_stopped"}
-    rows = pq.read_table(export.table.path).to_pandas()
-    assert list(rows.step) == [10, 40, 10, 20]
+    recorder.on_trial_complete(0, [], a)
+    recorder.on_trial_result(0, [], c, result(20, diverged=True))
+    d.num_failures, d.last_result = 3, result(10)
+    d.get_error = lambda: "Traceback (most recent call last):\n  ...\nValueError: boom\n"
+    recorder.on_trial_error(0, [], d)
+
+    trials = study.trials()
+    assert [t.user_attrs["status"] for t in trials] == [
+        "completed", "early_stopped", "diverged", "errored"
+    ]  # fmt: skip
+    assert [t.state for t in trials] == [
+        TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL, TrialState.FAIL
+    ]  # fmt: skip
+    assert trials[0].value == pytest.approx(2.6)
+    assert trials[1].intermediate_values == {10: 2.9, 20: 2.8}
+    assert [t.user_attrs["last_step"] for t in trials] == [40, 20, 20, 10]
+    assert trials[3].user_attrs["error"] == "ValueError: boom"
+    assert trials[3].user_attrs["retries"] == 3
+    # The live table says the same.
+    table = recorder.writer.table
+    assert {k: r.status for k, r in table.trials.items()} == {
+        "00000": "completed", "00001": "early_stopped", "00002": "diverged", "00003": "errored"
+    }  # fmt: skip
+    assert table.trials["00001"].rung == 2 and table.trials["00003"].error == "ValueError: boom"
 
 
-def test_a_resumed_exporter_reconciles_with_the_restored_trials(tmp_path):
-    first = exporter(tmp_path)
-    for name in "abcd":
-        first.on_trial_result(0, [], fake_trial(name), result(10))
-    first._write(force=True)  # what an interrupted search leaves: four running trials
+def test_an_interrupted_trial_stays_running_in_the_study(recorded):
+    study, recorder = recorded
+    recorder.on_trial_result(0, [], fake_trial("00000"), result(10))
+    # Tune ends the run on Ctrl+C without telling callbacks: the trial is left to resume.
+    assert study.trials()[0].state == TrialState.RUNNING
+    assert recorder.writer.table.trials["00000"].status == "running"
 
-    resumed = exporter(tmp_path)
-    restored = [
-        fake_trial("a", Trial.TERMINATED, **result(20, done=True)),
-        fake_trial("b", Trial.PENDING, **result(10)),
-        fake_trial("c", Trial.PENDING, **result(10, done=True)),  # a stop Tune had not done
-        fake_trial("e", Trial.PENDING, **result(10)),  # reported after the file's last write
-        # "d" is unknown to Tune: it started after Tune last saved its state
-    ]
-    # Tune's own log of results: what the file missed is recovered from it.
-    for trial, steps in zip(restored, ([10, 20], [10], [10], [10]), strict=True):
-        trial.local_path = tmp_path / trial.trial_id
-        trial.local_path.mkdir()
-        lines = [json.dumps(result(step)) for step in steps]
-        (trial.local_path / "result.json").write_text("\n".join(lines) + "\n{cut")
-    resumed.on_step_begin(0, restored)
-    assert {k: r.status for k, r in resumed.table.trials.items()} == {
-        "a": "early_stopped",
-        "b": "running",
-        "c": "running",
-        "d": "lost",  # kept, with its evaluations: Tune will not continue it
-        "e": "running",
-    }
-    assert resumed.table.metadata["untracked_trials"] == ["d"]
-    assert sorted(resumed.table.trials["d"].evals) == [10]
-    assert sorted(resumed.table.trials["a"].evals) == [10, 20]
-    assert sorted(resumed.table.trials["e"].evals) == [10]
-    c = restored[2]
-    resumed.on_trial_result(0, [], c, result(10))  # rerun from scratch, then stopped by Tune
-    c.last_result = result(10)
-    resumed.on_trial_complete(0, [], c)
-    assert resumed.table.trials["c"].status == "early_stopped"
+
+def test_asha_starts_from_the_records_in_the_study(tmp_path):
+    study = make_study(tmp_path, trials=6)
+    asha = StudyASHA(study, metric="val_loss", time_attr="step", max_t=40, grace_period=10,
+                     reduction_factor=2)  # fmt: skip
+    for trial_id, loss in zip(
+        ["00000", "00001", "00002", "00003"], [1.0, 1.1, 1.2, 5.0], strict=True
+    ):
+        asha.decide(trial_id, 10, loss)
+    assert asha.decide("00003", 20, 0.5) == TrialScheduler.CONTINUE  # first at rung 20
+
+    # A new run (after an interrupt) reads the records back: a poor trial is stopped at once.
+    resumed = StudyASHA(study, metric="val_loss", time_attr="step", max_t=40, grace_period=10,
+                        reduction_factor=2)  # fmt: skip
+    assert resumed.records == asha.records
+    assert resumed.decide("00004", 10, 3.0) == TrialScheduler.STOP
+    assert resumed.decide("00005", 10, 1.05) == TrialScheduler.CONTINUE
+    # A trial recorded at its highest rung before the interrupt is not judged there again.
+    assert resumed.decide("00003", 30, 9.9) == TrialScheduler.CONTINUE
 
 
 def test_wandb_failure_warns_once_and_never_raises(tmp_path, monkeypatch, caplog):
@@ -106,49 +126,23 @@ def test_wandb_failure_warns_once_and_never_raises(tmp_path, monkeypatch, caplog
 
     monkeypatch.setattr(wandb, "init", broken_init)
     tracker = WandbTracker("online", "exp", folder=str(tmp_path))
-    trial = fake_trial("a", **result(10))
+    trial = fake_trial("00000", **result(10))
     with caplog.at_level(logging.WARNING):
         tracker.on_trial_start(0, [], trial)
         tracker.on_trial_result(0, [], trial, result(10))
-        tracker.on_trial_start(0, [], fake_trial("b"))
+        tracker.on_trial_start(0, [], fake_trial("00001"))
         tracker.on_trial_complete(0, [], trial)
     assert len(calls) == 1 and tracker.failed
     assert sum("wandb" in r.getMessage() for r in caplog.records) == 1
 
 
-def test_compute_budget_stops_once_spent():
-    stop = ComputeBudget(5e10)
-    assert not stop("a", result(20)) and not stop.stop_all()
-    stop("b", result(20))
-    stop("a", result(30))  # a trial's latest count replaces its earlier one
-    assert stop.spent == {"a": 3e10, "b": 2e10} and stop.stop_all()
+def test_compute_budget_counts_each_trial_once_across_runs():
+    def of(trial_id: str, step: int) -> dict:
+        return {**result(step), "config": {"_pico": {"trial_id": trial_id}}}
 
-
-def test_an_errored_trial_keeps_its_error_line(tmp_path):
-    export = exporter(tmp_path)
-    trial = fake_trial("a")
-    trial.num_failures = 3
-    trial.get_error = lambda: "Traceback (most recent call last):\n  ...\nValueError: boom\n"
-    export.on_trial_error(0, [], trial)  # failed before its first evaluation
-    (record,) = read_trials(export.table.path)
-    assert (record.status, record.error, record.retries) == ("errored", "ValueError: boom", 3)
-    assert record.evals == {}
-
-
-def test_a_trial_that_ended_before_a_crash_keeps_its_ending(tmp_path):
-    first = exporter(tmp_path)
-    trial = fake_trial("a")
-    first.on_trial_result(0, [], trial, result(MAX_STEPS, done=True))
-    assert statuses(first.table.path) == {"a": "completed"}
-
-    # Tune's saved state predates the ending: it reruns the trial, whose checkpoint is gone.
-    resumed = exporter(tmp_path)
-    restored = fake_trial("a", Trial.PENDING, **result(20))
-    restored.num_failures = 3
-    restored.get_error = lambda: "ValueError: Could not recover from checkpoint"
-    resumed.on_step_begin(0, [restored])
-    resumed.on_trial_error(0, [], restored)
-    resumed.on_experiment_end([restored])
-    (record,) = read_trials(resumed.table.path)
-    assert (record.status, record.error, record.retries) == ("completed", None, 0)
-    assert record.last_step == MAX_STEPS
+    stop = ComputeBudget(6e10, spent={"a": 2e10})  # trial a used 2e10 before an interrupt
+    assert not stop("t1", of("b", 20)) and not stop.stop_all()
+    stop("t2", of("a", 10))  # a continues from an older checkpoint: its count does not drop
+    assert stop.spent == {"a": 2e10, "b": 2e10} and not stop.stop_all()
+    stop("t2", of("a", 40))
+    assert stop.spent == {"a": 4e10, "b": 2e10} and stop.stop_all()

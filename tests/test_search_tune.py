@@ -1,12 +1,15 @@
 """Real (tiny) Ray Tune searches in the shared Ray instance: ASHA, PRUNED trials, divergence,
-wandb, retries from checkpoints that reproduce an uninterrupted run, and reruns from results."""
+wandb, retries from checkpoints that reproduce an uninterrupted run, reruns from results, budgets,
+and resumes that keep ASHA's records and never unpickle what lies in the experiment folder."""
 
 from __future__ import annotations
 
 import json
 import os
+import pickle
 import subprocess
 import sys
+from pathlib import Path
 
 import optuna
 import pandas as pd
@@ -16,8 +19,10 @@ from optuna.trial import TrialState
 
 import search_spaces
 from launch.experiment import run_search
+from launch.export import build_table
 from launch.results import load_trial_config, read_metadata
 from launch.settings import SearchSettings
+from launch.study import SearchStudy
 from pico.data import prepare_data
 from pico.train import train
 
@@ -46,10 +51,17 @@ def tiny_space(trial: optuna.Trial) -> dict:
     return {**TINY, "lr": lr, "min_lr": lr / 10}
 
 
+def good_then_poor_space(trial: optuna.Trial) -> dict:
+    """The first two trials learn; the later ones barely do."""
+    lr = 1e-2 if trial.number < 2 else 1e-6
+    return {**TINY, "lr": lr, "min_lr": lr / 10}
+
+
 @pytest.fixture
 def spaces(monkeypatch):
     monkeypatch.setitem(search_spaces.SPACES, "alternating", alternating_space)
     monkeypatch.setitem(search_spaces.SPACES, "tiny", tiny_space)
+    monkeypatch.setitem(search_spaces.SPACES, "good_then_poor", good_then_poor_space)
 
 
 def tiny_settings(tmp_path, **changes) -> SearchSettings:
@@ -79,7 +91,8 @@ def last_rows(path) -> pd.DataFrame:
 
 def test_search_with_asha_divergence_and_wandb(ray_session, spaces, tmp_path):
     settings = tiny_settings(tmp_path, space="alternating", num_samples=8, wandb="offline")
-    path = run_search(settings, verbosity=0)
+    run_search(settings, verbosity=0)
+    path = settings.results_path
 
     last = last_rows(path)
     assert len(last) == 8
@@ -98,7 +111,7 @@ def test_search_with_asha_divergence_and_wandb(ray_session, spaces, tmp_path):
 
     # The Optuna study, in the experiment's SQLite file, tells the truth about each trial.
     study = optuna.load_study(study_name="exp", storage=settings.optuna_url)
-    states = {t.user_attrs["tune_trial_id"]: t for t in study.trials}
+    states = {f"{t.number:05d}": t for t in study.trials}
     for trial_id, row in last.iterrows():
         trial = states[trial_id]
         expected = {
@@ -107,11 +120,12 @@ def test_search_with_asha_divergence_and_wandb(ray_session, spaces, tmp_path):
             "diverged": TrialState.FAIL,
         }[row.status]
         assert trial.state == expected, (trial_id, row.status)
+        assert trial.user_attrs["status"] == row.status
         if row.status == "early_stopped":
             assert max(trial.intermediate_values) == row.step
-            assert trial.value == pytest.approx(row.val_loss)
+            assert trial.intermediate_values[row.step] == pytest.approx(row.val_loss)
 
-    runs = list((settings.local_folder / "wandb").glob("offline-run-*"))
+    runs = list((Path(settings.experiment_path) / "wandb").glob("offline-run-*"))
     assert len(runs) == 8 and all(list(run.glob("*.wandb")) for run in runs)
 
 
@@ -119,7 +133,8 @@ def test_failed_trials_resume_from_checkpoints_exactly(ray_session, spaces, tmp_
     settings = tiny_settings(
         tmp_path, scheduler="fifo", max_steps=30, fail_at_step=10, max_failures=1
     )
-    path = run_search(settings, verbosity=0)
+    run_search(settings, verbosity=0)
+    path = settings.results_path
     df = pd.read_parquet(path)
     last = last_rows(path)
     assert list(last.status) == ["completed", "completed"] and list(last.retries) == [1, 1]
@@ -154,12 +169,12 @@ def test_multi_objective_search_prints_a_pareto_set(ray_session, spaces, tmp_pat
     settings = tiny_settings(
         tmp_path, num_samples=4, sampler="nsga2", objectives=["val_loss", "n_params"]
     )
-    run_search(settings, verbosity=0)
+    outcome = run_search(settings, verbosity=0)
     study = optuna.load_study(study_name="exp", storage=settings.optuna_url)
     assert len(study.directions) == 2
     completed = [t for t in study.trials if t.state == TrialState.COMPLETE]
     assert completed and all(len(t.values) == 2 for t in completed)
-    lines = summary_lines(settings)
+    lines = summary_lines(settings, outcome.table)
     assert "Pareto set (completed trials): val_loss, n_params" in lines
     assert read_metadata(settings.results_path)["objectives"][1] == {
         "name": "n_params",
@@ -179,30 +194,81 @@ def test_a_time_budget_stops_the_search(ray_session, spaces, tmp_path):
     assert any(t.state == TrialState.PRUNED for t in study.trials)
 
 
-def test_a_resume_from_a_stale_trial_list_runs_the_missing_trial(ray_session, spaces, tmp_path):
-    """A kill while Tune copies its state can leave a trial list older than its trial count."""
-    from launch.summary import summary_lines, unfinished
-
-    settings = tiny_settings(tmp_path, num_samples=3, max_concurrent=1, scheduler="fifo")
+def test_a_resumed_search_stops_trials_against_the_records_made_before(
+    ray_session, spaces, tmp_path
+):
+    settings = tiny_settings(tmp_path, space="good_then_poor", num_samples=2, max_concurrent=1)
     run_search(settings, verbosity=0)
-    first = list(last_rows(settings.results_path).index)
-    # Drop the newest trial from Tune's saved trial list; its count of created trials stays 3.
-    [state_file] = settings.local_folder.glob("experiment_state-*.json")
-    state = json.loads(state_file.read_text())
-    state["trial_data"] = [
-        t for t in state["trial_data"] if json.loads(t[0])["trial_id"] != first[-1]
-    ]
-    state_file.write_text(json.dumps(state))
+    # What an interrupt between trials leaves: two finished trials of four requested. (Changing
+    # the stored request is the one way to stop a search between two trials without timing luck.)
+    study = SearchStudy.load(settings.optuna_url, "exp")
+    study.study.set_user_attr("settings", {**study.settings, "num_samples": 4})
+    resumed = SearchSettings.from_dict({**study.settings, "num_samples": 4})
 
-    run_search(settings, resume=True, verbosity=0)
-    last = last_rows(settings.results_path)
-    untracked = read_metadata(settings.results_path)["untracked_trials"]
-    assert untracked == [first[-1]] and last.loc[first[-1], "status"] == "completed"
-    assert len(last) == 4 and set(last.status) == {"completed"}
-    assert unfinished(settings) == 0
-    assert summary_lines(settings)[0] == (
-        "4 trials: 4 completed (1 untracked: cut off from Tune by a crash, docs/results.md)"
-    )
-    study = optuna.load_study(study_name="exp", storage=settings.optuna_url)
-    assert sorted(t.user_attrs["tune_trial_id"] for t in study.trials) == sorted(last.index)
-    assert {t.state for t in study.trials} == {TrialState.COMPLETE}
+    outcome = run_search(resumed, resume=True, verbosity=0)
+    status = {k: r.status for k, r in outcome.table.trials.items()}
+    assert status["00000"] == status["00001"] == "completed"
+    # The first trial after the resume meets the records of the two before it at step 10, and
+    # loses: a scheduler that forgot them would have let it run (no record, no cutoff).
+    assert status["00002"] == status["00003"] == "early_stopped"
+    assert outcome.table.trials["00002"].last_step == 10
+
+
+class Bomb:
+    """A pickle that, when loaded, leaves a file behind."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.write_text, (self.marker, "unpickled"))
+
+
+def test_resume_never_unpickles_anything_in_the_experiment_folder(ray_session, spaces, tmp_path):
+    import shutil
+
+    settings = tiny_settings(tmp_path, num_samples=2, max_concurrent=1, scheduler="fifo")
+    run_search(settings, verbosity=0)
+    # A third trial the driver had started when it died, and a fourth it never asked for.
+    study = SearchStudy.load(settings.optuna_url, "exp")
+    study.study.set_user_attr("settings", {**study.settings, "num_samples": 4})
+    resumed = SearchSettings.from_dict({**study.settings, "num_samples": 4})
+    study.ask(lambda trial: {**settings.fixed_fields(), **tiny_space(trial)})
+    folder = Path(settings.experiment_path)
+    [step] = sorted((folder / "trials" / "00000" / "checkpoints").glob("step-*"))[-1:]
+    checkpoint = folder / "trials" / "00002" / "checkpoints" / "step-000000010"
+    shutil.copytree(step, checkpoint)
+    # Crafted pickles wherever a Tune or Pico version ever kept state, and in that checkpoint.
+    marker = tmp_path / "marker"
+    bomb = pickle.dumps(Bomb(marker))
+    for name in (
+        "tuner.pkl",
+        "searcher-state-0.pkl",
+        "search_gen_state-0.json",
+        "experiment_state-0.json",
+        "pico/tuner.pkl",
+        "trials/00000/params.pkl",
+    ):
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        (folder / name).write_bytes(bomb)  # fmt: skip
+    (checkpoint / "trainer.pt").write_bytes(bomb)
+
+    outcome = run_search(resumed, resume=True, verbosity=0)
+    assert not marker.exists()
+    trials = outcome.table.trials
+    assert trials["00002"].status == "errored"  # torch refused the checkpoint's pickle
+    assert "weights" in trials["00002"].error.lower(), trials["00002"].error
+    assert trials["00003"].status == "completed" and outcome.ended
+
+
+def test_the_results_file_is_a_function_of_the_study_and_the_trial_folders(
+    ray_session, spaces, tmp_path
+):
+    import pyarrow.parquet as pq
+
+    settings = tiny_settings(tmp_path, space="alternating", num_samples=4)
+    run_search(settings, verbosity=0)
+    rebuilt = build_table(SearchStudy.load(settings.optuna_url, "exp"), settings.store())
+    live, derived = pq.read_table(settings.results_path), rebuilt.to_arrow()
+    assert live.schema.equals(derived.schema, check_metadata=True)
+    assert live.to_pandas().equals(derived.to_pandas())  # NaN (the diverged trial) equals NaN
