@@ -229,7 +229,7 @@ def _schema_types(df: pd.DataFrame) -> pd.DataFrame:
 def _metadata(n_evals: int, corpora: tuple[str, ...]) -> dict:
     """The `pico` metadata object of docs/results.md."""
     return {
-        "schema_version": 1,
+        "schema_version": 2,
         "experiment": "synthetic",
         "space": "synthetic",
         "sampler": "random",

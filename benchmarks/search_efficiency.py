@@ -28,7 +28,8 @@ import pandas as pd
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from launch.experiment import run_search
-from launch.settings import SETTINGS_FILE, SearchSettings
+from launch.settings import SearchSettings
+from launch.storage import MANIFEST
 
 BIG = 10_000  # trials: the compute budget ends the searches long before
 
@@ -64,9 +65,9 @@ def run(name: str, changes: dict, args: argparse.Namespace, budget: float | None
         compute_budget=budget,
         **changes,
     )
-    if not (settings.local_folder / SETTINGS_FILE).exists():
+    if not settings.store().exists(MANIFEST):
         run_search(settings, verbosity=0)
-    return settings.results_path
+    return Path(settings.results_path)
 
 
 def compute_to_reach(path: Path, target: float) -> float:

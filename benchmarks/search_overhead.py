@@ -114,8 +114,9 @@ def run_tune(args: argparse.Namespace, cfg: TrainConfig, folder: Path) -> tuple[
         max_concurrent=CONCURRENCY,
     )
     start = time.perf_counter()
-    path = run_search(settings, verbosity=0)
+    run_search(settings, verbosity=0)
     wall = time.perf_counter() - start
+    path = settings.results_path
     last = pd.read_parquet(path, columns=["elapsed_s", "is_last"]).query("is_last")
     return wall, float(last["elapsed_s"].sum())
 
