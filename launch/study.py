@@ -34,6 +34,7 @@ ERROR_ATTR = "error"
 RETRIES_ATTR = "retries"
 LAST_STEP_ATTR = "last_step"
 RUNG_ATTR = "asha_rung_{:g}"
+_STARTED = tuple(state for state in TrialState if state != TrialState.WAITING)
 
 
 def trial_id_of(number: int) -> str:
@@ -118,15 +119,25 @@ class SearchStudy:
         metadata: dict[str, Any],
         enqueue: list[dict[str, Any]] = (),
     ) -> SearchStudy:
-        """A new study holding the settings and metadata; PicoError if the name is taken."""
+        """A new study holding the settings and metadata; PicoError if the name is taken.
+
+        A study of that name that never started a trial is what a driver killed while creating
+        the experiment leaves (the manifest, written next, says an experiment exists): it is
+        replaced.
+        """
         storage = open_storage(url)
         try:
             study = optuna.create_study(study_name=name, storage=storage, directions=directions)
         except optuna.exceptions.DuplicatedStudyError:
-            raise PicoError(
-                f"the Optuna storage {redact(url)} already holds a study {name!r}: choose another "
-                "--name"
-            ) from None
+            old = optuna.load_study(study_name=name, storage=storage)
+            started = old.get_trials(deepcopy=False, states=_STARTED)
+            if started or SETTINGS_ATTR not in old.user_attrs:
+                raise PicoError(
+                    f"the Optuna storage {redact(url)} already holds a study {name!r}: choose "
+                    "another --name"
+                ) from None
+            optuna.delete_study(study_name=name, storage=storage)
+            study = optuna.create_study(study_name=name, storage=storage, directions=directions)
         study.set_user_attr(SETTINGS_ATTR, settings)
         study.set_user_attr(METADATA_ATTR, metadata)
         for params in enqueue:
