@@ -32,7 +32,7 @@ from launch import status
 from launch.export import ResultsWriter, build_table, utc_now
 from launch.results import ResultsTable
 from launch.settings import ASHA_METRIC, SearchSettings, check_inputs
-from launch.study import CONFIG_ATTR, SearchStudy, number_of, redact, without_password
+from launch.study import SearchStudy, redact, trial_id_of, without_password
 from launch.trainable import SETTINGS_KEY, train_trial, trial_config
 from pico.errors import PicoError
 
@@ -66,13 +66,8 @@ def run_search(
     check_inputs(settings, resume=resume, address=address)
     data = prepare(settings, verbosity)
     study = open_study(settings, data, resume=resume, command=command)
-    store = settings.store()
-    table = build_table(study, store)
-    continuing = [
-        t.number
-        for t in study.trials()
-        if status.status_of(t) == status.RUNNING and CONFIG_ATTR in t.user_attrs
-    ]
+    table = build_table(study, settings.store())
+    continuing = study.unfinished()
     to_create = max(0, settings.num_samples - len(table.trials))
     budget = ComputeBudget(settings.compute_budget, spent_flops(table))
     started = time.monotonic()
@@ -126,21 +121,25 @@ def conclude(
     elapsed_s: float,
 ) -> SearchOutcome:
     """Record how the run ended: trials a spent budget cut short end `stopped`, and a search
-    with no trial left to run is marked ended."""
-    running = [r for r in table.trials.values() if r.status == status.RUNNING]
+    with no trial left to run is marked ended. The table gets every trial the study holds, those
+    that never reported too, so that it is what `build_table` would make of the study."""
+    unfinished = study.unfinished()
+    for number in unfinished:
+        table.trial(trial_id_of(number), study.config(number))
     # Tune's clock starts a moment before ours: allow for it.
     timed_out = settings.time_budget_s is not None and elapsed_s >= 0.95 * settings.time_budget_s
     if timed_out or budget.stop_all():
-        for record in running:
-            study.finish(number_of(record.trial_id), status.STOPPED, last_step=record.last_step)
-            table.trial(record.trial_id).status = status.STOPPED
-        running = []
-    unfinished = len(running) + max(0, settings.num_samples - len(table.trials))
-    ended = unfinished == 0 or timed_out or budget.stop_all()
+        for number in unfinished:
+            record = table.trial(trial_id_of(number))
+            study.finish(number, status.STOPPED, last_step=record.last_step)
+            record.status = status.STOPPED
+        unfinished = []
+    left = len(unfinished) + max(0, settings.num_samples - len(table.trials))
+    ended = left == 0 or timed_out or budget.stop_all()
     if ended and study.metadata.get("ended_at") is None:
         study.mark_ended(utc_now())
     table.metadata.update(study.metadata)
-    return SearchOutcome(table, ended, unfinished)
+    return SearchOutcome(table, ended, left)
 
 
 def spent_flops(table: ResultsTable) -> dict[str, float]:

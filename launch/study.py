@@ -33,6 +33,7 @@ CONFIG_ATTR = "config"
 ERROR_ATTR = "error"
 RETRIES_ATTR = "retries"
 LAST_STEP_ATTR = "last_step"
+NEVER_STARTED = "never started: the driver stopped before storing its config"
 RUNG_ATTR = "asha_rung_{:g}"
 _STARTED = tuple(state for state in TrialState if state != TrialState.WAITING)
 
@@ -178,6 +179,24 @@ class SearchStudy:
     def trials(self) -> list[FrozenTrial]:
         """Every trial, in order of creation."""
         return self.study.get_trials(deepcopy=False)
+
+    def asked(self) -> int:
+        """How many trials were created with a config (enqueued ones wait until asked)."""
+        return sum(CONFIG_ATTR in t.user_attrs for t in self.trials())
+
+    def unfinished(self) -> list[int]:
+        """Numbers of the trials created that have not ended (cut short, or never started).
+
+        A trial asked for but left without its config (the driver died in between) never ran:
+        it is told FAIL here, once, and counts for nothing.
+        """
+        numbers = []
+        for trial in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            if CONFIG_ATTR in trial.user_attrs:
+                numbers.append(trial.number)
+            else:
+                self.finish(trial.number, status.ERRORED, last_step=None, error=NEVER_STARTED)
+        return numbers
 
     def ask(self, make_config: Callable[[optuna.Trial], dict[str, Any]]) -> tuple[int, dict]:
         """Create a trial (an enqueued one first) and store its exact config; returns its number

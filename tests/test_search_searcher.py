@@ -37,14 +37,16 @@ def test_unfinished_trials_first_then_new_ones_up_to_the_number_requested(tmp_pa
     assert len(study.trials()) == 5
 
 
-def test_enqueued_configs_come_first(tmp_path):
+def test_enqueued_configs_come_first_and_count_once(tmp_path):
     settings = SearchSettings(name="exp", storage=str(tmp_path))
     (tmp_path / "exp").mkdir()
+    points = [{"lr": 5e-3}, {"lr": 7e-3}]  # as --warm-start and --space seed22 enqueue them
     study = SearchStudy.create(
-        settings.optuna_url, "exp", ["minimize"], settings.to_dict(), {}, enqueue=[{"lr": 5e-3}]
+        settings.optuna_url, "exp", ["minimize"], settings.to_dict(), {}, enqueue=points
     )
     searcher = StudySearcher(study, tiny_config, num_samples=2, continuing=[], metric="val_loss")
-    assert searcher.suggest("tune_0")["lr"] == 5e-3
+    assert [searcher.suggest(f"tune_{i}")["lr"] for i in range(2)] == [5e-3, 7e-3]
+    assert searcher.suggest("tune_2") == Searcher.FINISHED
 
 
 @pytest.mark.parametrize("name", SAMPLERS)
