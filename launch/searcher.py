@@ -3,10 +3,8 @@
 The Optuna study decides what runs (docs/design.md). `StudySearcher.suggest` first hands out the
 trials the study holds as running (cut short by an interrupt or a crash: each continues from its
 newest checkpoint), then asks the study's sampler for new ones until the study holds
-`num_samples`. A trial the study holds as running without a config (its driver was killed
-between creating it and storing its config) gets its config then, rather than a new trial taking
-its place. The searcher keeps no state of its own worth saving: a new run of the search builds a
-new searcher from the study. Recording what happens to the trials is `launch/recorder.py`'s job.
+`num_samples`. It keeps no state of its own worth saving: a new run of the search builds a new
+searcher from the study. Recording what happens to the trials is `launch/recorder.py`'s job.
 """
 
 from __future__ import annotations
@@ -19,7 +17,7 @@ from typing import Any
 import optuna
 from ray.tune.search import Searcher
 
-from launch.study import CONFIG_ATTR, SearchStudy, trial_id_of
+from launch.study import SearchStudy, trial_id_of
 from launch.trainable import SETTINGS_KEY
 
 ConfigMaker = Callable[[optuna.Trial], dict[str, Any]]
@@ -68,14 +66,7 @@ class StudySearcher(Searcher):
         self.make_config = make_config
         self.num_samples = num_samples
         self.continuing = deque(continuing)
-        trials = study.trials()
-        self.unconfigured = deque(
-            t.number
-            for t in trials
-            if t.state == optuna.trial.TrialState.RUNNING and CONFIG_ATTR not in t.user_attrs
-        )
-        # Trials with a config, as the results count them (enqueued ones wait for `ask`).
-        self.created = sum(1 for t in trials if CONFIG_ATTR in t.user_attrs)
+        self.created = study.asked()  # enqueued trials wait for `ask` to run them
 
     def suggest(self, trial_id: str) -> dict[str, Any] | str:
         """The config of the next trial to run, or FINISHED."""
@@ -83,27 +74,11 @@ class StudySearcher(Searcher):
             number = self.continuing.popleft()
             config = self.study.config(number)
         elif self.created < self.num_samples:
-            if self.unconfigured:
-                number = self.unconfigured.popleft()
-                config = self._configure(number)
-            else:
-                number, config = self.study.ask(self.make_config)
+            number, config = self.study.ask(self.make_config)
             self.created += 1
         else:
             return Searcher.FINISHED
         return {**config, SETTINGS_KEY: {"trial_id": trial_id_of(number)}}
-
-    def _configure(self, number: int) -> dict[str, Any]:
-        """Sample the config of running trial `number` (parameters it already has are kept, as
-        `study.ask` would for it) and store it."""
-        study, storage = self.study.study, self.study.storage
-        study_id = storage.get_study_id_from_name(study.study_name)
-        trial = optuna.Trial(
-            study, storage.get_trial_id_from_study_id_trial_number(study_id, number)
-        )
-        config = self.make_config(trial)
-        trial.set_user_attr(CONFIG_ATTR, config)
-        return config
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False):
         """Nothing to do: the recorder tells the study how trials end."""
