@@ -20,7 +20,7 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from importlib import metadata as importlib_metadata
 from pathlib import Path
@@ -30,6 +30,7 @@ from ray.tune import Stopper
 
 from launch import status
 from launch.export import ResultsWriter, build_table, utc_now
+from launch.live import optuna_dashboard, watch_lines
 from launch.results import ResultsTable
 from launch.settings import ASHA_METRIC, SearchSettings, check_inputs
 from launch.study import SearchStudy, redact, trial_id_of, without_password
@@ -61,8 +62,10 @@ def run_search(
     address: str | None = None,
     command: str = "",
     dashboard: bool = True,
+    live: bool = False,
 ) -> SearchOutcome:
-    """Run (or resume) the search described by `settings`."""
+    """Run (or resume) the search described by `settings`; with `live`, optuna-dashboard shows
+    the study while it runs."""
     check_inputs(settings, resume=resume, address=address)
     data = prepare(settings, verbosity)
     study = open_study(settings, data, resume=resume, command=command)
@@ -74,7 +77,16 @@ def run_search(
     writer = ResultsWriter(table, settings.results_path)
     try:
         if (continuing or to_create) and not budget.stop_all():
-            with connected_ray(address, verbosity, dashboard):
+            with (
+                connected_ray(address, verbosity, dashboard) as dashboard_url,
+                ExitStack() as stack,
+            ):
+                if verbosity >= 1:
+                    for line in watch_lines(dashboard_url, bool(address), settings.optuna_url):
+                        print(line)
+                if live:
+                    url = stack.enter_context(optuna_dashboard(settings.optuna_url))
+                    print(f"live:  optuna-dashboard at {url} (until the search ends)")
                 tuner = make_tuner(
                     settings, study, data, writer, continuing, to_create, budget, verbosity
                 )
@@ -152,19 +164,20 @@ def spent_flops(table: ResultsTable) -> dict[str, float]:
 
 
 @contextmanager
-def connected_ray(address: str | None, verbosity: int, dashboard: bool) -> Iterator[None]:
+def connected_ray(address: str | None, verbosity: int, dashboard: bool) -> Iterator[str | None]:
     """Connect to the cluster at `address`, or start Ray on this machine; shut it down after.
+    Yields the dashboard's address (None without one).
 
     An already running Ray in this process (the test suite's) is used as is and left running.
     """
     import ray
 
     if ray.is_initialized():
-        yield
+        yield None
         return
     local = {} if address else {"include_dashboard": dashboard}
     try:
-        ray.init(
+        context = ray.init(
             address=address,
             logging_level=logging.INFO if verbosity >= 2 else logging.WARNING,
             log_to_driver=verbosity >= 2,
@@ -173,7 +186,7 @@ def connected_ray(address: str | None, verbosity: int, dashboard: bool) -> Itera
     except (ConnectionError, TimeoutError, RuntimeError) as exc:
         raise PicoError(f"cannot start or join Ray at {address or 'this machine'}: {exc}") from None
     try:
-        yield
+        yield context.dashboard_url or None
     finally:
         ray.shutdown()
 

@@ -111,6 +111,11 @@ def build_parser() -> ArgumentParser:
         action="store_false",
         help="do not start Ray's dashboard",
     )
+    p.add_argument(
+        "--live",
+        action="store_true",
+        help="run optuna-dashboard on the study (127.0.0.1) while the search runs",
+    )
     loud = p.add_mutually_exclusive_group()
     loud.add_argument("-q", "--quiet", action="store_true", help="only the final summary")
     loud.add_argument("-v", "--verbose", action="store_true", help="per-trial results and Ray logs")
@@ -224,6 +229,9 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
 
+    from launch.live import require_token_auth
+
+    require_token_auth()  # before Ray is imported: Ray reads it once
     from launch.experiment import run_search
     from launch.study import redact
     from launch.summary import summary_lines
@@ -238,6 +246,7 @@ def main(argv: list[str] | None = None) -> int:
         address=args.address,
         command=command,
         dashboard=args.dashboard,
+        live=args.live,
     )
     print("\n".join(summary_lines(settings, outcome.table)))
     if outcome.ended and outcome.unfinished:
