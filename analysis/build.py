@@ -11,6 +11,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
 from analysis import charts_hparams as ch
 from analysis import charts_results as cr
@@ -201,19 +202,23 @@ def _effects(results: Results, options: Options, notes: list[str]) -> Section:
 
 def _comparability(results: Results) -> str:
     """One sentence on what the losses can be compared across."""
-    present = [c for c in LOSS_GROUP_COLUMNS if c in results.points.columns]
     if results.loss == "val_bpb":
         return (
-            "The trials were trained on different corpora, tokenizers or block sizes, whose "
-            "losses in nats do not compare: <strong>every loss below is bits per byte "
+            "The trials were trained on different corpora or tokenizers, whose losses in nats "
+            "per token do not compare: <strong>every loss below is bits per byte "
             "(val_bpb)</strong>."
         )
-    if not present:
+    first = results.points.iloc[0]
+    shared = ", ".join(
+        f"{label(c)} {first[c]}"
+        for c in LOSS_GROUP_COLUMNS
+        if c in results.points.columns and not pd.isna(first[c])
+    )
+    if not shared:
         return "Losses are validation cross-entropy in nats (val_loss)."
-    shared = ", ".join(f"{label(c)} {results.points[c].iloc[0]}" for c in present)
     return (
-        f"Every trial shares {html.escape(shared)}, so losses compare directly: "
-        "validation cross-entropy in nats (val_loss)."
+        f"Every trial shares {html.escape(shared)}, so losses compare directly, whatever the "
+        "block size or any other hyperparameter: validation cross-entropy in nats (val_loss)."
     )
 
 

@@ -55,8 +55,10 @@ CURVE_COLUMNS = [
 # status (completed, early_stopped, running, or one added later, e.g. stopped from outside) is a
 # valid point at its last evaluation.
 FAILED_STATUSES = ("errored", "diverged")
-# Losses in nats are comparable only when all three of these agree.
-LOSS_GROUP_COLUMNS = ("hp_corpus", "hp_tokenizer", "hp_block_size")
+# A loss in nats per token compares across trials that score the same text in the same tokens:
+# the same corpus (cut to the same documents) and tokenizer. Block size, like every other
+# hyperparameter, changes the model, not what its loss measures.
+LOSS_GROUP_COLUMNS = ("hp_corpus", "hp_max_docs", "hp_tokenizer")
 # Trial-level hp_ columns that identify the run rather than tune it.
 NOT_TUNED = ("hp_arch", "hp_seed", "hp_device", "hp_compile", "hp_num_threads", "hp_eval_interval")
 
@@ -78,7 +80,7 @@ class Results:
     points: pd.DataFrame  # the trials whose final evaluation is usable (finite loss)
     meta: dict[str, Any]  # the `pico` metadata JSON ({} when absent)
     hparams: list[str]  # hp_ columns that take more than one value among `points`
-    loss: str  # "val_loss", or "val_bpb" when the file mixes corpora, tokenizers or block sizes
+    loss: str  # "val_loss", or "val_bpb" when the file mixes corpora or tokenizers
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -234,16 +236,15 @@ def _usable(trials: pd.DataFrame, metric: str, notes: list[str], path: Path) -> 
 
 
 def _choose_loss(points: pd.DataFrame, notes: list[str]) -> str:
-    """val_loss when every trial shares corpus, tokenizer and block size; else val_bpb."""
-    present = [c for c in LOSS_GROUP_COLUMNS if c in points.columns]
-    if not present:
-        return "val_loss"
-    groups = points[present].astype(str).drop_duplicates()
-    if len(groups) <= 1:
+    """val_loss when every trial shares corpus and tokenizer; else val_bpb, with a note."""
+    differ = [
+        c for c in LOSS_GROUP_COLUMNS if c in points.columns and points[c].astype(str).nunique() > 1
+    ]
+    if not differ:
         return "val_loss"
     notes.append(
-        f"The trials span {len(groups)} combinations of "
-        f"{', '.join(label(c) for c in present)}: losses in nats are not comparable across "
-        "them, so every chart and table compares bits per byte (val_bpb) instead of val_loss."
+        f"The trials differ in {', '.join(label(c) for c in differ)}: a loss in nats per token "
+        "does not compare across texts or tokenizers, so every chart and table compares bits "
+        "per byte (val_bpb) instead of val_loss."
     )
     return "val_bpb"

@@ -79,7 +79,7 @@ def parse_objectives(text: str, results: Results) -> tuple[list[str], list[bool]
         if direction not in ("", "min", "max"):
             raise PicoError(f"--objectives {item}: the direction must be :min or :max")
         if name == "val_loss" and results.loss != "val_loss":
-            name = results.loss  # the file mixes corpora: compare bits per byte (see notes)
+            name = results.loss  # the file mixes corpora or tokenizers: bits per byte (see notes)
         names.append(name)
         if direction:
             explicit[name] = "maximize" if direction == "max" else "minimize"

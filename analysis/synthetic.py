@@ -20,6 +20,7 @@ from pico.config import (
     ACTIVATIONS,
     ARCH_FIELDS,
     ARCHS,
+    FIELD_TYPES,
     KGRAM_NORMS,
     MODEL_FIELDS,
     POSITIONS,
@@ -221,8 +222,7 @@ def _schema_types(df: pd.DataFrame) -> pd.DataFrame:
     """Give each hp_ column its TrainConfig type, nullable, as the real exporter writes it."""
     kinds = {int: "Int64", float: "float64", bool: "boolean", str: "string"}
     for f in fields(TrainConfig):
-        kind = kinds[type(getattr(TrainConfig(), f.name))]
-        df[f"hp_{f.name}"] = df[f"hp_{f.name}"].astype(kind)
+        df[f"hp_{f.name}"] = df[f"hp_{f.name}"].astype(kinds[FIELD_TYPES[f.name]])
     return df
 
 

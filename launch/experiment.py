@@ -227,7 +227,6 @@ def make_tuner(
     shared = {
         "experiment": settings.experiment_path,
         "data_dir": str(Path(data.path).resolve()),
-        "max_docs": settings.max_docs,
         "fail_at_step": settings.fail_at_step,
     }
     trainable = tune.with_resources(

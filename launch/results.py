@@ -19,7 +19,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from launch.status import RUNNING
-from pico.config import ARCH_FIELDS, MODEL_FIELDS, TrainConfig
+from pico.config import ARCH_FIELDS, FIELD_TYPES, MODEL_FIELDS, TrainConfig
 from pico.errors import PicoError
 
 SCHEMA_VERSION = 2
@@ -27,7 +27,7 @@ METADATA_KEY = b"pico"
 
 _ARROW_TYPES = {bool: pa.bool_(), int: pa.int64(), float: pa.float64(), str: pa.string()}
 HP_COLUMNS = [
-    (f"hp_{f.name}", _ARROW_TYPES[type(f.default)]) for f in dataclasses.fields(TrainConfig)
+    (f"hp_{f.name}", _ARROW_TYPES[FIELD_TYPES[f.name]]) for f in dataclasses.fields(TrainConfig)
 ]
 TRIAL_COLUMNS = [
     ("experiment", pa.string()),
@@ -191,12 +191,16 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
 
 
 def load_trial_config(path: str | Path, trial_id: str) -> TrainConfig:
-    """The exact TrainConfig that trial `trial_id` of the results file `path` trained with."""
+    """The exact TrainConfig that trial `trial_id` of the results file `path` trained with, data
+    settings (corpus, tokenizer, max_docs) included. A file written before a field existed
+    lacks its column: the field keeps its default."""
     path = Path(path)
     if not path.is_file():
         raise PicoError(f"results file not found: {path}")
     try:
-        table = pq.read_table(path, columns=["trial_id", *(name for name, _ in HP_COLUMNS)])
+        present = set(pq.read_schema(path).names)
+        hp_names = [name for name, _ in HP_COLUMNS if name in present]
+        table = pq.read_table(path, columns=["trial_id", *hp_names])
     except (pa.ArrowInvalid, KeyError, OSError) as exc:
         raise PicoError(f"{path} is not a Pico results file: {exc}") from None
     ids = table.column("trial_id").to_pylist()

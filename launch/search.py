@@ -81,7 +81,7 @@ def build_parser() -> ArgumentParser:
     )
     p.add_argument("--corpus", help=f"training corpus [{d.corpus}]")
     p.add_argument("--tokenizer", help=f"tokenizer spec [{d.tokenizer}]")
-    p.add_argument("--max-docs", type=int, help="cap on documents read (tinystories)")
+    p.add_argument("--max-docs", type=int, help="documents of the corpus to read [all]")
     p.add_argument("--cache-dir", help="prepared-data cache [$PICO_CACHE]")
     p.add_argument("--address", help="existing Ray cluster: host:port, ray://host:port or auto")
     p.add_argument(

@@ -120,6 +120,7 @@ class SearchSettings:
         return {
             "corpus": self.corpus,
             "tokenizer": self.tokenizer,
+            "max_docs": self.max_docs,
             "max_steps": self.max_steps,
             "eval_interval": self.eval_interval,
             "eval_tokens": self.eval_tokens,

@@ -5,13 +5,14 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from pico.cli.train import build_parser
+from pico.cli.train import BaseRun, build_parser
 from pico.cli.train import main as train_main
 from pico.errors import PicoError, run_cli
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Train from flags; `--from-results FILE --trial ID` starts from a search trial's config."""
+    """Train from flags; `--from-results FILE --trial ID` starts from a search trial's config
+    and refuses to train unless the data it prepares is the data the trial trained on."""
     parser = build_parser()
     parser.add_argument("--from-results", type=Path, help="results.parquet of a search")
     parser.add_argument("--trial", help="trial id in --from-results whose config to rerun")
@@ -20,9 +21,13 @@ def main(argv: list[str] | None = None) -> int:
     if (args.from_results is None) != (args.trial is None):
         raise PicoError("--from-results and --trial go together: pass both or neither")
     if args.from_results is not None:
-        from launch.results import load_trial_config
+        from launch.results import load_trial_config, read_metadata
 
-        base = load_trial_config(args.from_results, args.trial)
+        base = BaseRun(
+            cfg=load_trial_config(args.from_results, args.trial),
+            source=f"trial {args.trial} of {args.from_results}",
+            data_fingerprint=read_metadata(args.from_results).get("data_fingerprint"),
+        )
     given = sys.argv[1:] if argv is None else argv
     return train_main(_without(given, ("--from-results", "--trial")), base=base)
 

@@ -37,7 +37,6 @@ class TrialSettings:
     experiment: str  # the experiment's folder or URI (launch/storage.py)
     trial_id: str
     data_dir: str  # the folder the driver prepared; absolute: trials run in their own folder
-    max_docs: int | None = None
     # Tests only: raise once, right after the checkpoint of the first evaluation at or past this
     # step, on the first attempt (a trial that has a checkpoint to resume from never raises).
     fail_at_step: int | None = None
@@ -113,7 +112,7 @@ def load_data(cfg: TrainConfig, settings: TrialSettings) -> Any:
 
     if Path(settings.data_dir).is_dir():
         return load_prepared(settings.data_dir)
-    return prepare_data(cfg.corpus, cfg.tokenizer, max_docs=settings.max_docs)
+    return prepare_data(cfg.corpus, cfg.tokenizer, max_docs=cfg.max_docs)
 
 
 def decode_latency_ms(cfg: TrainConfig, data: Any, tokens: int = LATENCY_TOKENS) -> float:

@@ -119,6 +119,14 @@ def load_checkpoint(folder: str | Path, map_location: str | torch.device = "cpu"
     )
 
 
+def read_meta(folder: str | Path) -> dict[str, Any]:
+    """A checkpoint's meta.json alone (step, data fingerprint, metrics): no weights are read."""
+    path = Path(folder) / "meta.json"
+    if not path.is_file():
+        raise PicoError(f"{folder} is not a Pico checkpoint (missing meta.json)")
+    return json.loads(path.read_text())
+
+
 def load_model(folder: str | Path, device: str | torch.device = "cpu"):
     """Rebuild the trained model and its tokenizer from a checkpoint, ready for decoding.
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import typing
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -68,6 +69,7 @@ class TrainConfig:
     arch: str = "kv_transformer"
     corpus: str = "shakespeare"
     tokenizer: str = "bpe:4096"
+    max_docs: int | None = None  # keep the corpus's first documents only; None: all of them
 
     # Model shape.
     d_model: int = 128
@@ -134,6 +136,8 @@ class TrainConfig:
         ):
             if getattr(self, name) < 1:
                 raise PicoError(f"{name} must be a positive integer, got {getattr(self, name)}")
+        if self.max_docs is not None and self.max_docs < 1:
+            raise PicoError(f"max_docs must be a positive integer (or unset), got {self.max_docs}")
         if self.warmup_steps < 0:
             raise PicoError(f"warmup_steps must be >= 0, got {self.warmup_steps}")
         if self.num_threads < 0:
@@ -208,6 +212,18 @@ class TrainConfig:
         semantic = {k: v for k, v in self.to_dict().items() if k not in NON_SEMANTIC_FIELDS}
         blob = json.dumps(semantic, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def _value_type(hint: Any) -> type:
+    """The type of a field's values: `int` for `int | None`, `str` for `str`."""
+    options = [t for t in typing.get_args(hint) if t is not type(None)]
+    return options[0] if options else hint
+
+
+FIELD_TYPES: dict[str, type] = {
+    name: _value_type(hint) for name, hint in typing.get_type_hints(TrainConfig).items()
+}
+"""The type of each TrainConfig field's values (`int` for `max_docs`, which may also be None)."""
 
 
 def _choice(name: str, value: str, allowed: tuple[str, ...]) -> None:

@@ -37,15 +37,20 @@ def apply_temperature(logits: Tensor, temperature: float) -> Tensor:
 
 
 def top_k_filter(logits: Tensor, k: int) -> Tensor:
-    """Keep exactly the k largest logits of each row (ties broken by index); the rest -> -inf."""
-    k = min(k, logits.size(-1))
-    values, indices = logits.topk(k, dim=-1)
-    return torch.full_like(logits, float("-inf")).scatter(-1, indices, values)
+    """Keep exactly the k largest logits of each row (ties broken by index: the lower index is
+    kept); the rest -> -inf."""
+    # topk does not promise an order among equal values; a stable sort keeps index order.
+    indices = logits.sort(dim=-1, descending=True, stable=True).indices[..., :k]
+    return torch.full_like(logits, float("-inf")).scatter(-1, indices, logits.gather(-1, indices))
 
 
 def top_p_filter(logits: Tensor, p: float) -> Tensor:
     """Nucleus filter (Holtzman et al. 2020): keep the smallest set of most likely tokens whose
-    probability reaches p; the rest -> -inf. The most likely token is always kept."""
+    probability reaches p; the rest -> -inf. The most likely token is always kept, and p = 1
+    keeps every token."""
+    if p >= 1.0:
+        # Not left to the cumulative sum below: in float32 it reaches 1.0 while tokens remain.
+        return logits
     sorted_logits, order = logits.sort(dim=-1, descending=True)
     probs = sorted_logits.softmax(dim=-1)
     # A token is dropped when the tokens ranked above it already reach p. The first never is.

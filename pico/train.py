@@ -14,6 +14,7 @@ from __future__ import annotations
 import functools
 import json
 import random
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -32,6 +33,7 @@ from pico.optim import lr_at, make_optimizer
 
 SaveCheckpoint = Callable[[Path], Path]
 EvalCallback = Callable[[dict[str, Any], SaveCheckpoint], None]
+LOG_PROGRESS_INTERVAL_S = 10.0  # seconds between progress lines when stderr is not a terminal
 
 
 class TrainingData(Protocol):
@@ -290,10 +292,60 @@ def _write_outputs(out_dir: Path, record: dict[str, Any], save: SaveCheckpoint) 
     save(out_dir / "checkpoint")
 
 
-def _progress_bar(cfg: TrainConfig, start: int):
+def _progress_bar(cfg: TrainConfig, start: int) -> Any:
+    """A tqdm bar on a terminal; in a log file, a plain progress line every few seconds."""
+    desc = f"train {cfg.arch}"
+    if not sys.stderr.isatty():
+        return LogProgress(cfg.max_steps, start, desc)
     from tqdm.auto import tqdm
 
-    return tqdm(total=cfg.max_steps, initial=start, desc=f"train {cfg.arch}", unit="step")
+    return tqdm(total=cfg.max_steps, initial=start, desc=desc, unit="step")
+
+
+class LogProgress:
+    """Training progress for a log: one plain line on stderr every `interval_s` seconds and one
+    at the end. A progress bar's carriage-return updates would pile up on one line of the file.
+    Like tqdm, `write` prints a line to stdout."""
+
+    def __init__(
+        self,
+        total: int,
+        start: int,
+        desc: str,
+        interval_s: float = LOG_PROGRESS_INTERVAL_S,
+        clock: Callable[[], float] = time.monotonic,
+    ):
+        self.total, self.desc, self.interval_s, self.clock = total, desc, interval_s, clock
+        self.n = self.shown = self.start = start
+        self.started_at = self.shown_at = clock()
+
+    def update(self, n: int = 1) -> None:
+        """Count `n` more steps; print a line if the last one is `interval_s` old."""
+        self.n += n
+        now = self.clock()
+        if now - self.shown_at >= self.interval_s:
+            self._show(now)
+
+    def write(self, line: str) -> None:
+        """Print one line to stdout."""
+        print(line, flush=True)
+
+    def close(self) -> None:
+        """Print the final count unless the last line already showed it."""
+        if self.n != self.shown:
+            self._show(self.clock())
+
+    def _show(self, now: float) -> None:
+        elapsed = now - self.started_at
+        rate = (self.n - self.start) / elapsed if elapsed > 0 else 0.0
+        left = f", {(self.total - self.n) / rate:.0f} s left" if rate > 0 else ""
+        print(
+            f"{self.desc}: step {self.n}/{self.total} ({100 * self.n / self.total:.0f}%), "
+            f"{rate:.1f} steps/s, {elapsed:.0f} s{left}",
+            file=sys.stderr,
+            flush=True,
+        )
+        self.shown, self.shown_at = self.n, now
 
 
 def _format_record(record: dict[str, Any]) -> str:

@@ -9,6 +9,8 @@ import sys
 
 import pytest
 
+from pico.data import EOT
+
 TINY = [
     "--corpus", "3seqs", "--tokenizer", "char", "--d-model", "16", "--n-layer", "1",
     "--n-head", "2", "--hidden-size", "16", "--block-size", "16", "--batch-size", "4",
@@ -86,11 +88,12 @@ def test_generate_is_seeded(repo_root, trained):
 def test_probe_tokens_clusters_and_compare(repo_root, trained):
     ckpt = trained / "checkpoint"
     result = run(
-        repo_root, "probe.py", "--checkpoint", ckpt, "--tokens", "1,2", "--clusters", "3",
+        repo_root, "probe.py", "--checkpoint", ckpt, "--tokens", "1,22", "--clusters", "3",
         "--compare", ckpt, "-k", "3",
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert "'1'  ->" in result.stdout
+    assert "'22' spans 2 tokens in running text: '2' '2'" in result.stdout
     assert "cluster   2:" in result.stdout
     assert "linear_cka: 1.0000" in result.stdout
     assert "neighbour_overlap: 1.0000" in result.stdout
@@ -172,6 +175,45 @@ def test_resume_refuses_a_checkpoint_of_another_architecture(repo_root, trained)
 )
 def test_generate_and_probe_bad_input(repo_root, script, args, message):
     assert_bad_input(run(repo_root, script, *args), message)
+
+
+def test_generate_annotates_each_new_token_with_its_neighbours(repo_root, trained):
+    result = run(
+        repo_root, "generate.py", "--checkpoint", trained / "checkpoint", "--prompt", "0 1",
+        "--max-new-tokens", "5", "--neighbours", "2",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    text, annotations = result.stdout.split("\n\neach generated token and its 2 nearest tokens:\n")
+    new = text.removeprefix("0 1")
+    tokens = [*new.removesuffix(EOT)] + [EOT] * new.endswith(EOT)  # one character per token
+    lines = annotations.splitlines()
+    assert 1 <= len(lines) <= 5 and all(line.count("->") == 1 for line in lines)
+    assert [line.split("->")[0].strip() for line in lines] == list(map(repr, tokens))
+
+
+def test_probe_units_writes_json_and_a_chart(repo_root, trained, tmp_path):
+    out = tmp_path / "probe" / "units.json"
+    args = ["--checkpoint", trained / "checkpoint", "--units", out, "--units-tokens", "512"]
+    result = run(repo_root, "probe.py", *args)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(out.read_text())
+    assert report["unit_kind"] == "hidden-layer activations" and report["text"]["tokens"] == 512
+    assert [(u["layer"], u["unit"]) for u in report["units"]] == [(0, u) for u in range(16)]
+    assert all(0 <= u["selectivity"] <= 1 for u in report["units"])
+    assert out.with_suffix(".png").read_bytes().startswith(b"\x89PNG")
+    assert "most selective" in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("script", "args", "message"),
+    [
+        ("generate.py", ["--neighbours", "-1"], "--neighbours must be >= 0"),
+        ("probe.py", ["--units", "units.txt"], "--units names a .json file"),
+        ("probe.py", ["--units", "u.json", "--units-tokens", "1"], "--units-tokens must be"),
+    ],
+)
+def test_annotation_and_unit_probe_bad_input(repo_root, trained, script, args, message):
+    assert_bad_input(run(repo_root, script, "--checkpoint", trained / "checkpoint", *args), message)
 
 
 def test_probe_needs_something_to_do(repo_root, trained):

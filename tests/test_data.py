@@ -222,6 +222,28 @@ def test_tokenizer_round_trip_and_save_load(spec: str, tmp_path: Path) -> None:
     assert again.encode(TEXT) == ids and np.array_equal(again.token_bytes, tok.token_bytes)
 
 
+@pytest.mark.parametrize("spec", ["bpe:300", "gpt2", "byte", "char"])
+def test_end_of_text_written_in_a_document_is_text(spec: str) -> None:
+    doc = f"the end{EOT}or is it? {EOT}\n"
+    tok = build_tokenizer(spec, [TEXT, doc])
+    ids = tok.encode(doc)
+    assert tok.eot_id not in ids  # no false document boundary
+    assert tok.decode(ids) == doc
+    assert tok.token_bytes[ids].sum() == len(doc.encode())  # its bytes count in bits per byte
+
+
+@pytest.mark.parametrize("spec", ["bpe:300", "gpt2", "byte", "char"])
+def test_raw_bytes_spell_each_token(spec: str) -> None:
+    tok = build_tokenizer(spec, [TEXT * 5])
+    ids = tok.encode(TEXT)
+    assert b"".join(tok.raw_bytes(i) for i in ids) == TEXT.encode()
+    assert tok.raw_bytes(tok.eot_id) is None
+    spelled = [b for b in map(tok.raw_bytes, range(tok.vocab_size)) if b is not None]
+    assert len(set(spelled)) == len(spelled)  # no two tokens stand for the same bytes
+    if spec != "char":  # byte-level: every byte value is a token of its own
+        assert {bytes((b,)) for b in range(256)} <= set(spelled)
+
+
 def test_gpt2_ids_equal_tiktoken() -> None:
     tok = build_tokenizer("gpt2")
     assert tok.encode("Hello world!") == [15496, 995, 0]
@@ -285,6 +307,17 @@ def test_prepare_joins_documents_with_eot(folder_corpus: Path, tmp_path: Path) -
     assert m["corpus_fingerprint"] == corpus.fingerprint()
     assert data.fingerprint == m["data_fingerprint"] and m["vocab_size"] == data.vocab_size
     assert set(m["sha256"]) == {"train", "val"} and m["documents"] == {"train": 18, "val": 2}
+
+
+def test_only_the_data_layer_inserts_end_of_text(folder_corpus: Path, tmp_path: Path) -> None:
+    for i in range(3):  # two documents are held out: at least one of these trains
+        (folder_corpus / f"work_{i:02d}.txt").write_text(f"A quoted {EOT} marker.\n" + TEXT)
+    data = prepare_data(str(folder_corpus), "bpe:300", cache_dir=tmp_path / "cache")
+    corpus = load_corpus(str(folder_corpus))
+    assert any(EOT in d for d in corpus.train)
+    assert (data.train == data.tokenizer.eot_id).sum() == len(corpus.train)
+    train_bytes = data.tokenizer.token_bytes[data.train].sum()
+    assert train_bytes == sum(len(d.encode()) for d in corpus.train)
 
 
 def test_uint32_when_the_vocabulary_passes_65535(tmp_path: Path) -> None:

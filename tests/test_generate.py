@@ -61,6 +61,19 @@ def test_top_k_keeps_exactly_k():
     assert torch.equal(top_k_filter(logits, 500), logits)  # k beyond V keeps everything
 
 
+def test_top_k_breaks_ties_by_index():
+    logits = torch.tensor([[1.0, 3.0, 3.0, 3.0, 0.0]])
+    kept = top_k_filter(logits, 2)
+    assert (kept > float("-inf")).nonzero()[:, 1].tolist() == [1, 2]
+    wide = torch.zeros(1, 64)  # every logit tied
+    assert (top_k_filter(wide, 5) > float("-inf")).nonzero()[:, 1].tolist() == [0, 1, 2, 3, 4]
+
+
+def test_top_p_of_one_keeps_every_token():
+    logits = torch.tensor([[20.0, 0.0, -5.0, -30.0]])
+    assert torch.equal(top_p_filter(logits, 1.0), logits)
+
+
 def test_top_p_keeps_the_smallest_set_reaching_p():
     logits = torch.tensor([[0.5, 0.3, 0.15, 0.05]]).log()
 

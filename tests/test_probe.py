@@ -1,4 +1,5 @@
-"""Embedding probes: nearest tokens, k-means clusters, CKA and neighbour overlap."""
+"""Probes: nearest tokens, k-means clusters, CKA and neighbour overlap across vocabularies,
+words as running text spells them, and what each hidden unit responds to."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import pytest
 import torch
 
 from pico.config import TrainConfig
+from pico.data import build_tokenizer
 from pico.errors import PicoError
 from pico.models import build_model
 from pico.probe import (
@@ -16,6 +18,10 @@ from pico.probe import (
     linear_cka,
     nearest_tokens,
     neighbour_overlap,
+    probe_units,
+    shared_vocabulary,
+    token_class,
+    word_tokens,
 )
 
 V, D = 40, 16
@@ -168,3 +174,167 @@ def test_embedding_clusters_give_representatives_nearest_their_centroid():
         centroid = unit[members].mean(0)
         dist = (unit[members] - centroid).norm(dim=1)
         assert reps[0] == members[dist.argmin()].item()
+
+
+# ------------------------------------------------------------------- across vocabularies
+
+ROYAL = "the king and the queen spoke of love; the king's men, the queen's court. " * 40
+
+
+@pytest.fixture(scope="module")
+def bpe():
+    """A byte-level BPE that has merged ` king` but not ` queen` whole."""
+    return build_tokenizer("bpe:300", [ROYAL, "Ünïcödé ✓ ∑ € 😀 " * 5])
+
+
+def test_a_vocabulary_shares_every_token_with_itself(bpe):
+    ids_a, ids_b = shared_vocabulary(bpe, bpe)
+    assert ids_a == ids_b == list(range(bpe.vocab_size))
+    # So a model compared with itself is identical on every token, partial characters included.
+    model = build_model(TrainConfig(d_model=D, n_layer=1, n_head=2).validate(), bpe.vocab_size)
+    same = embedding_similarity(model, model, ids_a, k=5, ids_b=ids_b)
+    assert same == {"neighbour_overlap": 1.0, "linear_cka": pytest.approx(1.0, abs=1e-9)}
+
+
+def test_tokens_are_matched_by_their_bytes_not_their_text(bpe):
+    byte = build_tokenizer("byte")
+    ids_a, ids_b = shared_vocabulary(bpe, byte)
+    assert len(ids_a) == 257  # the 256 single bytes and end-of-text, nothing spurious
+    assert len(set(ids_b)) == 257
+    assert all(bpe.raw_bytes(a) == byte.raw_bytes(b) for a, b in zip(ids_a, ids_b, strict=True))
+    assert (bpe.eot_id, byte.eot_id) in zip(ids_a, ids_b, strict=True)
+
+
+def test_words_are_probed_as_running_text_spells_them(bpe):
+    king = word_tokens(bpe, "king")
+    assert king == bpe.encode(" king") and len(king) == 1 and bpe.decode(king) == " king"
+    assert bpe.decode(word_tokens(bpe, "queen")) == " queen"
+    char = build_tokenizer("char", [ROYAL])
+    assert char.decode(word_tokens(char, "king")) == "king"  # the space token is not the word
+
+
+# ------------------------------------------------------------------------ hidden units
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_hidden_units_are_causal_and_leave_no_hooks(arch):
+    model = tiny_model(arch)
+    x = torch.randint(0, V, (2, 8), generator=torch.Generator().manual_seed(0))
+    units = model.hidden_units(x)
+    assert units.shape[:3] == (2, 8, 1)
+    changed = x.clone()
+    changed[:, 5] = (x[:, 5] + 1) % V
+    again = model.hidden_units(changed)
+    assert torch.equal(units[:, :5], again[:, :5]) and not torch.equal(units[:, 5], again[:, 5])
+    assert not any(m._forward_hooks for m in model.modules())
+
+
+def test_lstm_units_are_its_cell_states():
+    torch.manual_seed(0)
+    cfg = TrainConfig(arch="lstm", d_model=D, n_layer=2, hidden_size=24).validate()
+    model = build_model(cfg, V).eval()
+    x = torch.randint(0, V, (3, 7), generator=torch.Generator().manual_seed(1))
+    _, (_, c_n) = model.lstm(model.wte(x))
+    torch.testing.assert_close(model.hidden_units(x)[:, -1], c_n.transpose(0, 1))
+
+
+class ByteList:
+    """A tokenizer over a fixed list of byte strings, end-of-text last."""
+
+    def __init__(self, pieces: list[bytes]):
+        self.pieces, self.eot_id, self.vocab_size = pieces, len(pieces), len(pieces) + 1
+
+    def raw_bytes(self, token_id: int) -> bytes | None:
+        return None if token_id == self.eot_id else self.pieces[token_id]
+
+
+def test_token_classes():
+    pieces = [b" the", b"King", b" KING", b"I", b"42", b"\n", b"  ", b"!?", b"a1", b"\xc3", b"kING"]
+    tok = ByteList(pieces)
+    assert [token_class(tok, i) for i in range(tok.vocab_size)] == [
+        "lowercase",
+        "capitalised",
+        "uppercase",
+        "capitalised",
+        "number",
+        "newline",
+        "space",
+        "punctuation",
+        "mixed",
+        "partial character",
+        "mixed",
+        "end-of-text",
+    ]
+
+
+def planted_units():
+    """A one-layer K-gram MLP (k=1, ReLU) on one-hot embeddings whose hidden units are: 0 fires
+    on `a` only, 1 on every digit, 2 never (dead), 3 on every token by degrees; and a text in
+    which digits are rare, as they are in prose."""
+    tok = build_tokenizer("char", ["abcdef 0123456789.,\n"])
+    cfg = TrainConfig(
+        arch="kgram_mlp", k=1, d_model=tok.vocab_size, n_layer=1, hidden_size=4,
+        activation="relu", norm="none", block_size=8,
+    )  # fmt: skip
+    model = build_model(cfg.validate(), tok.vocab_size).eval()
+    digits = tok.encode("0123456789")
+    with torch.no_grad():
+        model.token_embedding.copy_(torch.eye(tok.vocab_size))
+        layer = model.mlp[0]
+        layer.bias.zero_()
+        layer.weight.zero_()
+        layer.weight[0, tok.encode("a")] = 1.0
+        layer.weight[1, digits] = 1.0
+        layer.weight[3] = torch.linspace(0, 1, tok.vocab_size)
+    weights = torch.full((tok.vocab_size,), 9.0)
+    weights[digits] = 1.0
+    weights[[tok.unk_id, tok.eot_id]] = 0.0
+    text = torch.multinomial(
+        weights, 2000, replacement=True, generator=torch.Generator().manual_seed(0)
+    )
+    return model, tok, text.numpy()
+
+
+def test_probe_units_finds_the_planted_token_and_class_units():
+    model, tok, text = planted_units()
+    probes = probe_units(model, tok, text, window=8, context=8)
+    assert [(p.layer, p.unit) for p in probes] == [(0, 0), (0, 1), (0, 2), (0, 3)]
+    a_unit, digit_unit, dead, mixed = probes
+    # All of the unit's activation falls on `a`: its selectivity is how rare `a` is.
+    n_a = int((text == tok.encode("a")[0]).sum())
+    assert a_unit.token == "a" and a_unit.token_selectivity == pytest.approx(1 - n_a / len(text))
+    assert a_unit.selectivity == a_unit.token_selectivity
+    assert a_unit.top_tokens[0] == {"token": "a", "mean": 1.0, "count": n_a}
+    assert all(c["token"] == "a" and c["activation"] == 1.0 for c in a_unit.top_contexts)
+    # A window starts afresh: no context reaches back past its start.
+    assert all(len(c["context"]) <= 7 for p in probes for c in p.top_contexts)
+    # Ten digits share the unit: the class, not any one token, is what it means.
+    n_digits = int(sum((text == d).sum() for d in tok.encode("0123456789")))
+    assert digit_unit.token_class == "number" and digit_unit.token in "0123456789"
+    assert digit_unit.class_selectivity == pytest.approx(1 - n_digits / len(text))
+    assert digit_unit.token_selectivity < 0.2
+    assert digit_unit.selectivity == digit_unit.class_selectivity
+    assert (dead.selectivity, dead.token_selectivity, dead.class_selectivity) == (0, 0, 0)
+    assert mixed.selectivity < 0.5  # graded over every token: not selective
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_probe_units_covers_every_unit_of_every_architecture(arch):
+    tok = build_tokenizer("char", ["abcdefghijklmnopqrstuvwxyz0123456789 .,;:!?\nABCDEF"])
+    torch.manual_seed(0)
+    cfg = TrainConfig(arch=arch, d_model=D, n_layer=2, n_head=2, hidden_size=24, block_size=8)
+    model = build_model(cfg.validate(), tok.vocab_size)
+    text = tok.encode("the quick brown fox jumps over the lazy dog. " * 4)
+    probes = probe_units(model, tok, text, window=8)
+    width = {"kgram_mlp": 24, "lstm": 24, "kv_transformer": 4 * D}[arch]
+    units = [(layer, unit) for layer in range(2) for unit in range(width)]
+    assert [(p.layer, p.unit) for p in probes] == units
+    assert all(0 <= p.selectivity <= 1 for p in probes)
+    assert all(p.selectivity == max(p.token_selectivity, p.class_selectivity) for p in probes)
+    assert model.training  # probed in eval mode, then left as it was
+
+
+def test_probe_units_rejects_too_little_text():
+    model, tok, _ = planted_units()
+    with pytest.raises(PicoError, match="at least 2 tokens"):
+        probe_units(model, tok, [1], window=8)

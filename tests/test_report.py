@@ -13,6 +13,8 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from analysis import charts_results
@@ -138,6 +140,35 @@ def test_mixed_corpora_switch_to_bits_per_byte(tmp_path):
         ["val_bpb", "n_params"],
         [False, False],
     )
+
+
+def set_per_trial(path: Path, column: str, values: list) -> None:
+    """Give the trials of a results file `values` in turn in `column`, keeping its metadata."""
+    table = pq.read_table(path)
+    ids = table.column("trial_id").to_pylist()
+    rank = {trial: i for i, trial in enumerate(dict.fromkeys(ids))}
+    kind = table.schema.field(column).type
+    chosen = pa.array([values[rank[t] % len(values)] for t in ids], type=kind)
+    pq.write_table(table.set_column(table.schema.get_field_index(column), column, chosen), path)
+
+
+def test_block_sizes_alone_keep_losses_in_nats(tmp_path):
+    path = make_results(tmp_path / "r.parquet", n_trials=40)
+    set_per_trial(path, "hp_block_size", [64, 128, 256])
+    results = load_results(path)
+    assert results.trials["hp_block_size"].nunique() == 3
+    assert results.loss == "val_loss"
+    assert not any("bits per byte" in note for note in results.notes)
+
+
+def test_mixed_tokenizers_switch_to_bits_per_byte_and_say_why(tmp_path):
+    path = make_results(tmp_path / "r.parquet", n_trials=40)
+    set_per_trial(path, "hp_tokenizer", ["bpe:4096", "gpt2"])
+    set_per_trial(path, "hp_block_size", [64, 128])
+    results = load_results(path)
+    assert results.loss == "val_bpb"
+    [note] = [note for note in results.notes if "bits per byte" in note]
+    assert note.startswith("The trials differ in tokenizer:") and "block" not in note
 
 
 def test_three_objectives_and_one_architecture(tmp_path):

@@ -13,7 +13,7 @@ from pico.data import prepare_data
 from pico.metrics import PAD_TARGET, build_eval_set, evaluate
 from pico.models import build_model
 from pico.optim import lr_at
-from pico.train import train
+from pico.train import LogProgress, train
 
 TIMING_FIELDS = ("tokens_per_s", "elapsed_s")
 ARCHS = ("kgram_mlp", "lstm", "kv_transformer")
@@ -156,3 +156,27 @@ def test_record_holds_every_documented_field(data, repo_root):
     assert record["train_flops"] == record["flops_per_token"] * record["tokens_seen"]
     assert record["perplexity"] == pytest.approx(math.exp(record["val_loss"]))
     assert 0 <= record["token_accuracy"] <= 1
+
+
+def test_progress_in_a_log_is_plain_lines_not_a_bar(data, capsys):
+    train(tiny("kgram_mlp"), data, progress=True)  # captured: stderr is not a terminal
+    out = capsys.readouterr()
+    assert "\r" not in out.err
+    # A run shorter than the interval between lines shows only its final count.
+    assert [line.split(",")[0] for line in out.err.splitlines()] == [
+        "train kgram_mlp: step 12/12 (100%)"
+    ]
+    assert [line.split()[1] for line in out.out.splitlines()] == ["4", "8", "12"]
+
+
+def test_log_progress_prints_a_line_every_interval(capsys):
+    now = [0.0]
+    progress = LogProgress(100, 0, "train lstm", interval_s=5.0, clock=lambda: now[0])
+    for _ in range(100):
+        now[0] += 0.5  # 2 steps per second: a line every 10 steps
+        progress.update()
+    progress.close()
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 10
+    assert lines[0] == "train lstm: step 10/100 (10%), 2.0 steps/s, 5 s, 45 s left"
+    assert lines[-1] == "train lstm: step 100/100 (100%), 2.0 steps/s, 50 s, 0 s left"

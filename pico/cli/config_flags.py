@@ -11,12 +11,13 @@ import argparse
 import dataclasses
 from typing import Any
 
-from pico.config import TrainConfig
+from pico.config import FIELD_TYPES, TrainConfig
 
 _HELP = {
     "arch": "kgram_mlp | lstm | kv_transformer",
     "corpus": "shakespeare | tinystories | 3seqs | path: (.txt[.gz|.xz], folder, .jsonl, .parquet)",
     "tokenizer": "bpe:N | gpt2 | byte | char",
+    "max_docs": "keep the corpus's first N documents only, before the split",
     "d_model": "embedding size",
     "n_layer": "depth: K-gram hidden layers, LSTM layers or Transformer blocks",
     "n_head": "attention heads (Transformer); must divide d_model",
@@ -37,15 +38,15 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("hyperparameters (default in brackets)")
     for f in dataclasses.fields(TrainConfig):
         flag = "--" + f.name.replace("_", "-")
-        help_text = f"{_HELP.get(f.name, f.name.replace('_', ' '))} [{f.default}]"
-        if f.type in (bool, "bool"):
+        default = "all" if f.default is None else f.default
+        help_text = f"{_HELP.get(f.name, f.name.replace('_', ' '))} [{default}]"
+        kind = FIELD_TYPES[f.name]
+        if kind is bool:
             group.add_argument(
                 flag, dest=f.name, action=argparse.BooleanOptionalAction, help=help_text
             )
         else:
-            group.add_argument(
-                flag, dest=f.name, type=type(f.default), metavar=f.name.upper(), help=help_text
-            )
+            group.add_argument(flag, dest=f.name, type=kind, metavar=f.name.upper(), help=help_text)
 
 
 def config_overrides(args: argparse.Namespace) -> dict[str, Any]:

@@ -36,6 +36,13 @@ def build_parser() -> ArgumentParser:
     parser.add_argument(
         "--no-cache", action="store_true", help="recompute every step (the slow reference)"
     )
+    parser.add_argument(
+        "--neighbours",
+        type=int,
+        default=0,
+        metavar="K",
+        help="annotate each generated token with its K nearest tokens by input embedding [0: off]",
+    )
     return parser
 
 
@@ -43,14 +50,19 @@ def main(argv: list[str] | None = None) -> int:
     """Load the checkpoint, generate, print each continuation."""
     from pico.checkpoint import load_model
     from pico.generate import generate
+    from pico.probe import neighbour_lines
     from pico.train import resolve_device
 
     args = build_parser().parse_args(argv)
     if args.num_samples < 1:
         raise PicoError(f"--num-samples must be positive, got {args.num_samples}")
+    if args.neighbours < 0:
+        raise PicoError(f"--neighbours must be >= 0, got {args.neighbours}")
     model, _, tokenizer = load_model(args.checkpoint, resolve_device(args.device))
     if tokenizer is None:
         raise PicoError(f"{args.checkpoint} holds no tokenizer/: it cannot decode text")
+    if args.neighbours >= tokenizer.vocab_size:
+        raise PicoError(f"--neighbours must be below the vocabulary size {tokenizer.vocab_size}")
     # An empty prompt starts where a document starts: right after an end-of-text token.
     prompt = tokenizer.encode(args.prompt) if args.prompt else [tokenizer.eot_id]
     rows = generate(
@@ -70,4 +82,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.num_samples > 1:
             print(f"--- sample {i + 1}")
         print(args.prompt + tokenizer.decode(row))
+        if args.neighbours:
+            print(f"\neach generated token and its {args.neighbours} nearest tokens:")
+            print("\n".join(neighbour_lines(model, tokenizer, row, args.neighbours)))
     return 0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 from pico.cli.config_flags import add_config_flags, config_overrides
@@ -12,6 +13,7 @@ from pico.errors import ArgumentParser, PicoError
 
 # Fields a resumed run may change: they do not alter what has been computed so far.
 RESUMABLE_CHANGES = ("max_steps", "eval_interval", "device", "num_threads", "compile")
+DATA_FIELDS = ("corpus", "tokenizer", "max_docs")  # the fields prepare_data is given
 
 
 def build_parser() -> ArgumentParser:
@@ -27,7 +29,6 @@ def build_parser() -> ArgumentParser:
     )
     parser.add_argument("--resume", action="store_true", help="continue the run in --out")
     parser.add_argument("--cache-dir", type=Path, help="prepared-data cache [$PICO_CACHE]")
-    parser.add_argument("--max-docs", type=int, help="cap on documents read (tinystories)")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     add_config_flags(parser)
     return parser
@@ -58,9 +59,14 @@ def resume_config(args: argparse.Namespace, out: Path) -> TrainConfig:
     return saved.replace(**changes).validate()
 
 
-def load_checkpoint_step(folder: Path) -> int:
-    """The optimizer step a checkpoint was taken at."""
-    return int(json.loads((folder / "meta.json").read_text())["step"])
+def check_data(fingerprint: str, expected: str | None, source: str) -> None:
+    """PicoError unless the prepared data is the data `source` trained on (None: unknown)."""
+    if expected is not None and fingerprint != expected:
+        raise PicoError(
+            f"the data prepared for this run has fingerprint {fingerprint}, but {source} trained "
+            f"on {expected}: the corpus or the tokenizer has changed since, so its run cannot be "
+            "reproduced"
+        )
 
 
 def trim_metrics(path: Path, last_step: int) -> None:
@@ -74,27 +80,44 @@ def trim_metrics(path: Path, last_step: int) -> None:
     tmp.replace(path)
 
 
-def main(argv: list[str] | None = None, base: TrainConfig | None = None) -> int:
+@dataclass(frozen=True)
+class BaseRun:
+    """A run to start from (a search trial): its config, and the data it trained on, which a
+    rerun must train on too."""
+
+    cfg: TrainConfig
+    source: str  # what it is, for messages: "trial 00003 of results.parquet"
+    data_fingerprint: str | None  # None: unknown, not checked
+
+
+def main(argv: list[str] | None = None, base: BaseRun | None = None) -> int:
     """Run the train command; returns the exit status (1 if the run diverged)."""
+    from pico.checkpoint import read_meta
     from pico.data import prepare_data
     from pico.train import train
 
     args = build_parser().parse_args(argv)
-    if args.max_docs is not None and args.max_docs < 1:
-        raise PicoError(f"--max-docs must be positive, got {args.max_docs}")
     out: Path = args.out or Path("runs") / "train"
     if args.resume:
         if not (out / "checkpoint").is_dir():
             raise PicoError(f"nothing to resume: {out} holds no checkpoint (check --out)")
         cfg = resume_config(args, out)
-        trim_metrics(out / "metrics.jsonl", load_checkpoint_step(out / "checkpoint"))
+        meta = read_meta(out / "checkpoint")
+        source, expected = f"the checkpoint in {out}", meta.get("data_fingerprint")
     else:
         if (out / "metrics.jsonl").exists():
             raise PicoError(
                 f"{out} already holds a run: pass --resume to continue it, or choose another --out"
             )
-        cfg = resolve_config(args, base)
-    data = prepare_data(cfg.corpus, cfg.tokenizer, cache_dir=args.cache_dir, max_docs=args.max_docs)
+        cfg = resolve_config(args, base.cfg if base else None)
+        source, expected = "", None
+        # Other data settings than the base run's ask for other data: nothing to match.
+        if base is not None and all(getattr(cfg, f) == getattr(base.cfg, f) for f in DATA_FIELDS):
+            source, expected = base.source, base.data_fingerprint
+    data = prepare_data(cfg.corpus, cfg.tokenizer, cache_dir=args.cache_dir, max_docs=cfg.max_docs)
+    check_data(data.fingerprint, expected, source)
+    if args.resume:
+        trim_metrics(out / "metrics.jsonl", int(meta["step"]))
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
     print(f"training {cfg.arch} ({cfg.fingerprint()}) on {cfg.corpus} / {cfg.tokenizer} -> {out}")

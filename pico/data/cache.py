@@ -40,7 +40,9 @@ from pico.data.download import resolve_cache_dir
 from pico.data.tokenizers import Tokenizer, build_tokenizer, canonical_spec, load_tokenizer
 from pico.errors import PicoError
 
-FORMAT_VERSION = 1  # bump when the split rule or the layout changes: old folders are then unused
+# Bump when the split rule, the encoding or the layout changes: old folders are then unused.
+# 2: the text <|endoftext|> inside a document is encoded as text, not as end-of-text.
+FORMAT_VERSION = 2
 MANIFEST = "manifest.json"
 SPLITS = ("train", "val")
 BATCH_CHARS = 1 << 20  # characters per encode_batch call: big enough to keep the Rust side busy

@@ -2,7 +2,9 @@
 
 Every tokenizer has an end-of-text token (`eot_id`) that separates documents, and a `token_bytes`
 array giving how many UTF-8 bytes each token stands for (0 for end-of-text), so that a loss in
-nats per token can be turned into bits per byte whatever the tokenizer.
+nats per token can be turned into bits per byte whatever the tokenizer. Text is always text: the
+string <|endoftext|> inside a document encodes as its characters, never as end-of-text, which
+only the data layer inserts between documents.
 
 - `bpe:N`: a byte-level BPE with N tokens (fewer if the text runs out of pairs), trained with HF
   `tokenizers` on the training split only.
@@ -80,6 +82,11 @@ class Tokenizer(ABC):
         """Text of token ids; end-of-text reads as <|endoftext|>."""
 
     @abstractmethod
+    def raw_bytes(self, token_id: int) -> bytes | None:
+        """The UTF-8 bytes token `token_id` stands for, which may be part of a character; None
+        for end-of-text and other ids that stand for no fixed text."""
+
+    @abstractmethod
     def _save(self, folder: Path) -> dict[str, str]:
         """Write any files besides the metadata; return extra metadata."""
 
@@ -102,6 +109,9 @@ class ByteLevelBPE(Tokenizer):
     """A HF `tokenizers` byte-level BPE: `bpe:N` and `gpt2`."""
 
     def __init__(self, spec: str, tok: hf.Tokenizer):
+        # Encode the text <|endoftext|> as text rather than as the end-of-text id. The flag is not
+        # saved with the tokenizer, so it is set on every construction, loads included.
+        tok.encode_special_tokens = True
         self.spec, self._tok = spec, tok
         self.vocab_size = tok.get_vocab_size()
         self.eot_id = tok.token_to_id(EOT)
@@ -118,6 +128,11 @@ class ByteLevelBPE(Tokenizer):
 
     def decode(self, ids: Sequence[int]) -> str:
         return self._tok.decode(list(ids), skip_special_tokens=False)
+
+    def raw_bytes(self, token_id: int) -> bytes | None:
+        if self.token_bytes[token_id] == 0:
+            return None
+        return bytes(_UNICODE_TO_BYTE[c] for c in self._tok.id_to_token(token_id))
 
     def _save(self, folder: Path) -> dict[str, str]:
         self._tok.save(str(folder / _HF_FILE))
@@ -141,6 +156,9 @@ class ByteTokenizer(Tokenizer):
         eot = EOT.encode()
         data = b"".join(eot if i == self.eot_id else bytes((i,)) for i in ids)
         return data.decode("utf-8", errors="replace")
+
+    def raw_bytes(self, token_id: int) -> bytes | None:
+        return None if token_id == self.eot_id else bytes((token_id,))
 
     def _save(self, folder: Path) -> dict[str, str]:
         return {}
@@ -175,6 +193,9 @@ class CharTokenizer(Tokenizer):
     def decode(self, ids: Sequence[int]) -> str:
         extra = {self.unk_id: "\ufffd", self.eot_id: EOT}
         return "".join(extra[i] if i in extra else self.chars[i] for i in ids)
+
+    def raw_bytes(self, token_id: int) -> bytes | None:
+        return self.chars[token_id].encode("utf-8") if token_id < self.unk_id else None
 
     def _save(self, folder: Path) -> dict[str, str]:
         return {"chars": self.chars}
@@ -212,6 +233,21 @@ def load_tokenizer(folder: str | Path) -> Tokenizer:
     if spec == "char":
         return CharTokenizer(meta["chars"])
     return ByteLevelBPE(spec, hf.Tokenizer.from_file(str(folder / _HF_FILE)))
+
+
+def _bytes_to_unicode() -> dict[int, str]:
+    """GPT-2's byte-level alphabet: every byte as one printable character. Printable Latin-1
+    bytes stand for themselves; the others are moved to code points 256 and up, in order."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1)]
+    printable += range(ord("®"), ord("ÿ") + 1)
+    others = [b for b in range(256) if b not in printable]
+    return {
+        **{b: chr(b) for b in printable},
+        **{b: chr(256 + n) for n, b in enumerate(others)},
+    }
+
+
+_UNICODE_TO_BYTE = {c: b for b, c in _bytes_to_unicode().items()}
 
 
 def _byte_level(model: hf.models.Model) -> hf.Tokenizer:

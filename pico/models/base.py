@@ -23,8 +23,8 @@ TRAIN_FLOPS_PER_WEIGHT = 6
 class LanguageModel(nn.Module):
     """Base class: next-token logits, a masked loss, a decoding state and size accounting.
 
-    Subclasses implement `logits`, `init_state`, `decode`, `flops_per_token` and
-    `token_embedding`, and set `max_context`.
+    Subclasses implement `logits`, `init_state`, `decode`, `flops_per_token`,
+    `token_embedding` and `_unit_modules` (or `hidden_units`), and set `max_context`.
     """
 
     max_context: int | None
@@ -67,6 +67,25 @@ class LanguageModel(nn.Module):
     @property
     def token_embedding(self) -> Tensor:
         """The input embedding matrix (V, d), one row per real token (a view of the weight)."""
+        raise NotImplementedError
+
+    def hidden_units(self, idx: Tensor) -> Tensor:
+        """The activations of the model's hidden units after each token of `idx` (B, T):
+        (B, T, n_layer, width). Each model says which units these are (`_unit_modules`)."""
+        captured: list[Tensor] = []
+        hooks = [
+            module.register_forward_hook(lambda _module, _inputs, out: captured.append(out))
+            for module in self._unit_modules()
+        ]
+        try:
+            self.logits(idx)
+        finally:
+            for hook in hooks:
+                hook.remove()
+        return torch.stack(captured, dim=2)
+
+    def _unit_modules(self) -> list[nn.Module]:
+        """The modules whose outputs, one per layer in order, are the model's hidden units."""
         raise NotImplementedError
 
     def linear_weights(self) -> int:

@@ -79,6 +79,10 @@ class KGramMLP(LanguageModel):
     def token_embedding(self) -> Tensor:
         return self.wte.weight[: self.vocab_size]
 
+    def _unit_modules(self) -> list[nn.Module]:
+        """The hidden units: each hidden layer's activation (after its norm)."""
+        return [layer for layer in self.mlp if isinstance(layer, nn.ReLU | nn.GELU | nn.SiLU)]
+
 
 def _norm(name: str, width: int) -> nn.Module:
     if name == "layernorm":

@@ -77,3 +77,15 @@ class LSTM(LanguageModel):
     @property
     def token_embedding(self) -> Tensor:
         return self.wte.weight
+
+    def hidden_units(self, idx: Tensor) -> Tensor:
+        """The hidden units: every layer's cell state after each token, (B, T, n_layer,
+        hidden_size). nn.LSTM returns no cell states per position, so the tokens are stepped
+        through one at a time."""
+        state = self.init_state(idx.size(0), idx.device)
+        cells = []
+        for t in range(idx.size(1)):
+            x = self.drop(self.wte(idx[:, t : t + 1]))
+            _, (state.h, state.c) = self.lstm(x, (state.h, state.c))
+            cells.append(state.c.transpose(0, 1))  # (B, n_layer, hidden_size)
+        return torch.stack(cells, dim=1)

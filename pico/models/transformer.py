@@ -226,6 +226,10 @@ class Transformer(LanguageModel):
     def token_embedding(self) -> Tensor:
         return self.wte.weight
 
+    def _unit_modules(self) -> list[nn.Module]:
+        """The hidden units: the MLP neurons of every block, after the activation."""
+        return [block.mlp.act for block in self.blocks]
+
 
 def _norm(name: str, width: int) -> nn.Module:
     return nn.RMSNorm(width) if name == "rmsnorm" else nn.LayerNorm(width, bias=False)
