@@ -17,6 +17,7 @@ import os
 import platform
 import shutil
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -229,9 +230,8 @@ def make_tuner(
         "data_dir": str(Path(data.path).resolve()),
         "fail_at_step": settings.fail_at_step,
     }
-    trainable = tune.with_resources(
-        named_trainable(settings.name),
-        {"cpu": settings.cpus_per_trial, "gpu": settings.gpus_per_trial},
+    trainable = named_trainable(
+        settings.name, {"cpu": settings.cpus_per_trial, "gpu": settings.gpus_per_trial}
     )
     namer = TrialNamer()
     return tune.Tuner(
@@ -293,14 +293,52 @@ class ComputeBudget(Stopper):
         return self.flops is not None and sum(self.spent.values()) >= self.flops
 
 
-def named_trainable(experiment: str):
-    """The trainable under a name that shows the experiment (in Ray's dashboard and logs)."""
+def named_trainable(experiment: str, resources: dict[str, float]) -> type:
+    """The trainable: Tune's wrapper of `train_trial`, named `pico_<experiment>`, each trial
+    given `resources`, whose actors say which trial they run, e.g.
+    `pico_demo trial 00003 (kv_transformer)`.
+
+    Ray's dashboard lists an actor by its class, `ImplicitFunc` (Tune's, for any function
+    trainable: launch/cluster_dashboard.py looks trial actors up by it), and by its repr, which
+    Ray reads once, when the actor starts: the repr of the first trial it runs. Tune reuses an
+    actor for later trials (reuse_actors=True), so each of those announces itself in the actor's
+    log too, and the driver's log prefixes `(<repr> pid=...)` follow it.
+    """
+    from ray import tune
+    from ray.tune.trainable import wrap_function
 
     def trial(config: dict[str, Any]) -> None:
         train_trial(config)
 
-    trial.__name__ = trial.__qualname__ = f"pico_{experiment}"
-    return trial
+    # The resources go on the function (a fresh one: the mark would stay on train_trial), as
+    # `tune.with_resources` on the class would subclass it under another class name.
+    function_trainable = wrap_function(
+        tune.with_resources(trial, resources),
+        name=f"pico_{experiment}",  # Tune's name for the trainable, and the class's `_name`
+    )
+
+    class ImplicitFunc(function_trainable):
+        def __repr__(self) -> str:
+            """`pico_<experiment> trial <id> (<arch>)`: the trial this actor runs now."""
+            trial_id = getattr(self, "config", {}).get(SETTINGS_KEY, {}).get("trial_id")
+            if trial_id is None:  # not yet, or not a Pico trial's config
+                return self._name
+            return f"{self._name} trial {trial_id} ({self.config.get('arch', '?')})"
+
+        def reset_config(self, new_config: dict[str, Any]) -> bool:
+            """Start the next trial on this actor, and say so in the actor's log."""
+            if not super().reset_config(new_config):
+                return False
+            from ray._private.ray_constants import LOG_PREFIX_ACTOR_NAME
+
+            # What Ray's worker prints once, when the actor starts: the actor's log then names
+            # the trial its following lines are from, and so do the driver's log prefixes.
+            for stream in (sys.stdout, sys.stderr):
+                print(f"{LOG_PREFIX_ACTOR_NAME}{self!r}", file=stream, flush=True)
+            return True
+
+    ImplicitFunc.__qualname__ = "ImplicitFunc"  # Ray names an actor's class by its qualname
+    return ImplicitFunc
 
 
 class TrialNamer:
