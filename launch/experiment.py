@@ -27,6 +27,7 @@ from importlib import metadata as importlib_metadata
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from ray.tune import Stopper
 
 from launch import status
@@ -356,7 +357,16 @@ def make_searcher(settings: SearchSettings, study: SearchStudy, continuing: list
 
     space = get_space(settings.space)
     fixed = settings.fixed_fields()
-    study.use_sampler(make_sampler(settings.sampler, settings.seed, len(settings.metrics)))
+    # A sampler's random state is not kept in the study: a resumed search seeded as the first
+    # run was would draw the first run's configs again. Seeding with the trials asked so far
+    # gives a new, still reproducible, sequence after each interruption.
+    asked = study.asked()
+    seed = (
+        settings.seed
+        if asked == 0
+        else int(np.random.SeedSequence([settings.seed, asked]).generate_state(1)[0])
+    )
+    study.use_sampler(make_sampler(settings.sampler, seed, len(settings.metrics)))
     return StudySearcher(
         study,
         lambda trial: {**fixed, **space(trial)},

@@ -63,3 +63,21 @@ def test_every_sampler_samples_the_all_space(name):
         space(trial)
         study.tell(trial, [float(i)] * n_obj if n_obj > 1 else float(i))
     assert len(study.trials) == 10
+
+
+def test_a_resumed_search_draws_new_configs_not_the_first_runs_again(tmp_path):
+    from launch.experiment import make_searcher
+
+    settings = SearchSettings(
+        name="exp", storage=str(tmp_path), space="tiny", sampler="random", num_samples=4
+    )
+    (tmp_path / "exp").mkdir()
+    study = SearchStudy.create(settings.optuna_url, "exp", ["minimize"], settings.to_dict(), {})
+    first = make_searcher(settings, study, continuing=[])
+    before = [first.suggest(f"tune_{i}") for i in range(2)]
+    # An interrupt, then a resume: a new searcher from the study.
+    resumed = make_searcher(settings, SearchStudy.load(settings.optuna_url, "exp"), continuing=[])
+    after = [resumed.suggest(f"tune_{i}") for i in range(2, 4)]
+    params = [{k: v for k, v in c.items() if k != "_pico"} for c in before + after]
+    assert len({repr(sorted(p.items())) for p in params}) == 4
+    assert [c["_pico"]["trial_id"] for c in after] == ["00002", "00003"]
