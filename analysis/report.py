@@ -16,6 +16,7 @@ from analysis.importance import METHODS, check_method
 from analysis.load import Results, load_results
 from analysis.pareto import directions
 from pico.errors import ArgumentParser, PicoError, run_cli
+from pico.files import check_output
 
 
 def build_parser() -> ArgumentParser:
@@ -56,15 +57,16 @@ def main(argv: list[str] | None = None) -> int:
     if args.top < 1:
         raise PicoError(f"--top must be a positive integer, got {args.top}")
     check_method(args.importance)
+    out = args.out or args.results.parent / "report.html"
+    png_dir = args.png_dir or out.parent / f"{out.stem}_png"
+    check_output(out, "--out", inputs=[args.results])
+    check_output(png_dir, "--png-dir", inputs=[args.results], folder=True)
     log = _progress()
     archs = [a.strip() for a in args.arch.split(",") if a.strip()] if args.arch else None
     results = load_results(args.results, archs)
-    log(f"read {args.results}: {len(results.trials)} trials, {len(results.curves)} evaluations")
     objectives, maximize = parse_objectives(args.objectives, results)
-    out = args.out or args.results.parent / "report.html"
-    if out.is_dir():
-        raise PicoError(f"--out {out} is a folder: give the HTML file's path")
-    png_dir = args.png_dir or out.parent / f"{out.stem}_png"
+    # Only now, with every input checked, does anything print.
+    log(f"read {args.results}: {len(results.trials)} trials, {len(results.curves)} evaluations")
     options = Options(objectives, maximize, args.top, args.importance)
     write_report(results, options, out, png_dir, log)
     log("done")

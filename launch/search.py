@@ -28,6 +28,7 @@ from launch.settings import (
     SearchSettings,
     check_inputs,
 )
+from launch.storage import MANIFEST
 from pico.errors import ArgumentParser, PicoError, run_cli
 from search_spaces import SPACES
 
@@ -165,12 +166,17 @@ def resumed_settings(given: dict, allowed: set[str] = RESUME_FLAGS) -> SearchSet
     probe = new_settings({k: v for k, v in given.items() if k in ("name", "storage")})
     try:
         manifest = probe.store().read_manifest()
+    except (json.JSONDecodeError, UnicodeDecodeError):  # ValueErrors both: caught first
+        raise PicoError(f"{probe.store().uri(MANIFEST)} is damaged: not JSON") from None
     except (OSError, ValueError) as exc:  # pyarrow: unknown scheme, no credentials, ...
         raise PicoError(f"cannot use storage {probe.storage}: {exc}") from None
-    except json.JSONDecodeError:
-        raise PicoError(f"{probe.store().uri('experiment.json')} is damaged: not JSON") from None
     if manifest is None:
         raise PicoError(f"nothing to resume: no experiment {probe.name!r} in {probe.storage}")
+    if not isinstance(manifest, dict):
+        raise PicoError(
+            f"{probe.store().uri(MANIFEST)} is damaged: not a JSON object (restore it from a "
+            "backup, or start a new experiment)"
+        )
     url = given.get("optuna_storage") or manifest.get("study") or probe.optuna_url
     if url is None:
         raise PicoError(f"the manifest of {probe.name!r} names no study: pass --optuna-storage")

@@ -19,6 +19,7 @@ from launch.storage import MANIFEST, RESULTS, ExperimentStore, is_uri
 from launch.study import STUDY_FILE
 from pico.config import TrainConfig
 from pico.errors import PicoError
+from pico.files import check_output, unwritable_reason
 
 CONNECT_TIMEOUT_S = 5.0
 # Objective name -> (reported metric, Tune mode).
@@ -194,14 +195,11 @@ def _positive(name: str, value: float) -> None:
 
 
 def check_writable(folder: Path, what: str) -> None:
-    """PicoError unless files can be created in `folder` (made if missing)."""
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        probe = folder / f".pico-write-test-{os.getpid()}"
-        probe.write_text("")
-        probe.unlink()
-    except OSError as exc:
-        raise PicoError(f"cannot write the {what} in {folder}: {exc.strerror or exc}") from None
+    """PicoError unless files can be created in `folder`, made later if missing. Creates
+    nothing: a search refused by a later check leaves no folder behind."""
+    reason = unwritable_reason(folder)
+    if reason:
+        raise PicoError(f"cannot write the {what} in {folder}: {reason}")
 
 
 def check_storage(settings: SearchSettings, resume: bool) -> None:
@@ -232,8 +230,10 @@ def check_storage(settings: SearchSettings, resume: bool) -> None:
         raise PicoError(f"{settings.output} already exists: choose another --output")
     if not settings.is_remote:
         check_writable(Path(settings.storage), "experiment")
+        check_output(Path(settings.experiment_path), "--storage/--name", folder=True)
     if settings.output or not settings.is_remote:
         check_writable(Path(settings.results_path).parent, "results file")
+        check_output(Path(settings.results_path), "--output")
 
 
 def check_reachable(address: str, timeout: float = CONNECT_TIMEOUT_S) -> None:

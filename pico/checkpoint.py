@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import random
 import shutil
 from dataclasses import dataclass
@@ -99,24 +100,42 @@ class Checkpoint:
     meta: dict[str, Any]
 
 
+TRAINER_KEYS = ("step", "tokens_seen", "elapsed_s", "optimizer", "torch_rng", "batch_rng")
+# What torch.load raises for a file that is truncated (OSError: EINVAL from its zip reader), empty,
+# not a torch file, or holds objects that weights_only refuses (UnpicklingError).
+_TORCH_LOAD_ERRORS = (OSError, RuntimeError, EOFError, ValueError, KeyError, pickle.UnpicklingError)
+
+
 def load_checkpoint(folder: str | Path, map_location: str | torch.device = "cpu") -> Checkpoint:
-    """Read a checkpoint folder; a missing or incomplete one is a PicoError."""
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise PicoError(f"checkpoint folder not found: {folder}")
-    missing = [name for name in CHECKPOINT_FILES if not (folder / name).is_file()]
+    """Read a whole checkpoint, to resume from it; a missing, incomplete or damaged one is a
+    PicoError naming the file."""
+    folder = _checkpoint_folder(folder, CHECKPOINT_FILES)
+    trainer_state = _torch_file(folder / "trainer.pt", map_location)
+    missing = [key for key in TRAINER_KEYS if key not in trainer_state]
     if missing:
-        raise PicoError(f"{folder} is not a Pico checkpoint (missing {', '.join(missing)})")
+        raise PicoError(f"{folder / 'trainer.pt'} is damaged: it lacks {', '.join(missing)}")
+    rng_state = _json_object(folder / "rng.json")
+    if not {"python", "numpy"} <= set(rng_state):
+        raise PicoError(f"{folder / 'rng.json'} is damaged: it lacks the python or numpy state")
     return Checkpoint(
         folder=folder,
-        cfg=TrainConfig.from_dict(json.loads((folder / "config.json").read_text())),
-        model_state=torch.load(folder / "model.pt", map_location=map_location, weights_only=True),
-        trainer_state=torch.load(
-            folder / "trainer.pt", map_location=map_location, weights_only=True
-        ),
-        rng_state=json.loads((folder / "rng.json").read_text()),
-        meta=json.loads((folder / "meta.json").read_text()),
+        cfg=read_config(folder),
+        model_state=_weights(folder / "model.pt", map_location),
+        trainer_state=trainer_state,
+        rng_state=rng_state,
+        meta=read_meta(folder),
     )
+
+
+def read_config(folder: str | Path) -> TrainConfig:
+    """A checkpoint's TrainConfig alone, validated."""
+    path = Path(folder) / "config.json"
+    try:
+        return TrainConfig.from_dict(_json_object(path)).validate()
+    except PicoError as exc:
+        if str(path) in str(exc):
+            raise
+        raise PicoError(f"{path} is damaged: {exc}") from None
 
 
 def read_meta(folder: str | Path) -> dict[str, Any]:
@@ -124,21 +143,78 @@ def read_meta(folder: str | Path) -> dict[str, Any]:
     path = Path(folder) / "meta.json"
     if not path.is_file():
         raise PicoError(f"{folder} is not a Pico checkpoint (missing meta.json)")
-    return json.loads(path.read_text())
+    meta = _json_object(path)
+    if not isinstance(meta.get("vocab_size"), int) or not isinstance(meta.get("step"), int):
+        raise PicoError(f"{path} is damaged: it lacks an integer vocab_size or step")
+    return meta
 
 
 def load_model(folder: str | Path, device: str | torch.device = "cpu"):
-    """Rebuild the trained model and its tokenizer from a checkpoint, ready for decoding.
+    """Rebuild the trained model and its tokenizer from a checkpoint, ready for decoding. Reads
+    only what that needs: not the trainer's state.
 
     Returns `(model, cfg, tokenizer)`; the model is in eval mode on `device`.
     """
     from pico.data.tokenizers import load_tokenizer
     from pico.models import build_model
 
-    ckpt = load_checkpoint(folder, map_location=device)
-    model = build_model(ckpt.cfg, ckpt.meta["vocab_size"])
-    model.load_state_dict(ckpt.model_state)
+    folder = _checkpoint_folder(folder, ("config.json", "model.pt", "meta.json"))
+    cfg, meta = read_config(folder), read_meta(folder)
+    model = build_model(cfg, meta["vocab_size"])
+    try:
+        model.load_state_dict(_weights(folder / "model.pt", device))
+    except RuntimeError as exc:  # missing, unexpected or misshapen tensors
+        reason = str(exc).splitlines()[0]
+        raise PicoError(
+            f"{folder / 'model.pt'} does not match config.json and meta.json: {reason}"
+        ) from None
     model.to(device).eval()
-    tokenizer_dir = Path(folder) / "tokenizer"
+    tokenizer_dir = folder / "tokenizer"
     tokenizer = load_tokenizer(tokenizer_dir) if tokenizer_dir.is_dir() else None
-    return model, ckpt.cfg, tokenizer
+    return model, cfg, tokenizer
+
+
+def _checkpoint_folder(folder: str | Path, needed: tuple[str, ...]) -> Path:
+    """`folder` as a Path, if it holds the files `needed`."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise PicoError(f"checkpoint folder not found: {folder}")
+    missing = [name for name in needed if not (folder / name).is_file()]
+    if missing:
+        raise PicoError(f"{folder} is not a Pico checkpoint (missing {', '.join(missing)})")
+    return folder
+
+
+def _json_object(path: Path) -> dict[str, Any]:
+    """A JSON file that must hold an object."""
+    try:
+        value = json.loads(path.read_bytes())
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise PicoError(f"{path} is damaged: not JSON ({exc})") from None
+    if not isinstance(value, dict):
+        raise PicoError(f"{path} is damaged: not a JSON object")
+    return value
+
+
+def _torch_file(path: Path, map_location: str | torch.device) -> dict[str, Any]:
+    """A dict saved with torch.save, loaded with weights_only (nothing else is unpickled)."""
+    try:
+        value = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError:  # the message is a page on how to allow unsafe globals
+        raise PicoError(
+            f"{path} is damaged or not Pico's: it holds objects that a safe load refuses"
+        ) from None
+    except _TORCH_LOAD_ERRORS as exc:
+        reason = (str(exc).splitlines() or [type(exc).__name__])[0]
+        raise PicoError(f"{path} is damaged: {reason}") from None
+    if not isinstance(value, dict):
+        raise PicoError(f"{path} is damaged: it holds a {type(value).__name__}, not a dict")
+    return value
+
+
+def _weights(path: Path, map_location: str | torch.device) -> dict[str, torch.Tensor]:
+    """A model's state dict: tensors by name."""
+    state = _torch_file(path, map_location)
+    if not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise PicoError(f"{path} is damaged: it holds more than tensors")
+    return state

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import numbers
 import typing
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -183,7 +184,7 @@ class TrainConfig:
         unknown = sorted(set(values) - known)
         if unknown:
             raise PicoError(f"unknown config field(s): {', '.join(unknown)}")
-        return cls(**values)
+        return cls(**{name: _typed(name, value) for name, value in values.items()})
 
     @classmethod
     def from_file(cls, path: str | Path) -> TrainConfig:
@@ -224,6 +225,31 @@ FIELD_TYPES: dict[str, type] = {
     name: _value_type(hint) for name, hint in typing.get_type_hints(TrainConfig).items()
 }
 """The type of each TrainConfig field's values (`int` for `max_docs`, which may also be None)."""
+
+
+def _typed(name: str, value: Any) -> Any:
+    """`value` if it has field `name`'s type, else a PicoError naming both; an integral float
+    (a column of a results file read with nulls) becomes the int it stands for."""
+    kind = FIELD_TYPES[name]
+    if value is None and name == "max_docs":
+        return value
+    if kind is bool:
+        if isinstance(value, bool):
+            return value
+        raise PicoError(f"{name} must be true or false, got {value!r}")
+    if kind is int:
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        if isinstance(value, numbers.Integral) and not isinstance(value, bool):
+            return value
+        raise PicoError(f"{name} must be an integer, got {value!r}")
+    if kind is float:
+        if isinstance(value, numbers.Real) and not isinstance(value, bool):
+            return value
+        raise PicoError(f"{name} must be a number, got {value!r}")
+    if isinstance(value, str):
+        return value
+    raise PicoError(f"{name} must be a string, got {value!r}")
 
 
 def _choice(name: str, value: str, allowed: tuple[str, ...]) -> None:

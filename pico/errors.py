@@ -19,6 +19,20 @@ class PicoError(Exception):
     """Bad input: the message is one line meant for the user."""
 
 
+def check_utf8(argv: list[str]) -> None:
+    """PicoError for an argument that is not UTF-8 text.
+
+    Python keeps undecodable bytes as lone surrogates, which pass every check and then fail as a
+    traceback wherever the text is printed or written, often after the work is done.
+    """
+    for arg in argv:
+        try:
+            arg.encode()
+        except UnicodeEncodeError:
+            shown = arg.encode(errors="surrogateescape").decode(errors="backslashreplace")
+            raise PicoError(f"the argument {shown!r} is not UTF-8 text: pass it in UTF-8") from None
+
+
 class ArgumentParser(argparse.ArgumentParser):
     """argparse that reports a bad flag as one line (no usage dump) and exits with status 2."""
 
@@ -29,6 +43,7 @@ class ArgumentParser(argparse.ArgumentParser):
 def run_cli(main: Callable[[list[str] | None], int | None], argv: list[str] | None = None) -> int:
     """Run a command-line entry point: PicoError becomes one line on stderr and exit status 2."""
     try:
+        check_utf8(sys.argv[1:] if argv is None else argv)
         return main(argv) or 0
     except PicoError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -63,25 +63,43 @@ def seed_everything(seed: int) -> None:
 
 
 def resolve_device(name: str) -> torch.device:
-    """Map "auto" to the best available device."""
+    """Map "auto" to the best available device; PicoError for a device torch does not know or
+    this machine does not have (torch would fail later, mid-work, with a traceback)."""
     if name == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")
         if torch.backends.mps.is_available():
             return torch.device("mps")
         return torch.device("cpu")
-    return torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        device = None
+    if device is None or device.type not in ("cpu", "cuda", "mps"):
+        raise PicoError(f"unknown device {name!r}; choose one of: auto, cpu, cuda, cuda:N, mps")
+    if device.type == "cuda" and (device.index or 0) >= max(1, torch.cuda.device_count()):
+        raise PicoError(f"device {name!r}: this machine has no such CUDA device")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise PicoError(f"device {name!r}: this machine has no CUDA device; use cpu or auto")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise PicoError(f"device {name!r}: this machine has no MPS device; use cpu or auto")
+    return device
+
+
+def check_split_fits(n_tokens: int, cfg: TrainConfig) -> None:
+    """PicoError unless a training split of `n_tokens` holds one window of `cfg.block_size`."""
+    if n_tokens <= cfg.block_size + 1:
+        raise PicoError(
+            f"the training split has {n_tokens} tokens, fewer than block_size+2="
+            f"{cfg.block_size + 2}: use a larger corpus or a smaller block size"
+        )
 
 
 class BatchSampler:
     """Random training windows, drawn from a generator of its own so that resume is exact."""
 
     def __init__(self, tokens: np.ndarray, cfg: TrainConfig, device: torch.device):
-        if len(tokens) <= cfg.block_size + 1:
-            raise PicoError(
-                f"the training split has {len(tokens)} tokens, fewer than block_size+2="
-                f"{cfg.block_size + 2}: use a larger corpus or a smaller block size"
-            )
+        check_split_fits(len(tokens), cfg)
         self.tokens = tokens
         self.block_size = cfg.block_size
         self.batch_size = cfg.batch_size

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import re
 import shlex
+import shutil
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -143,3 +145,23 @@ def test_token_authentication_stays_on(name: str) -> None:
         assert "RAY_AUTH_MODE=token" in start[: start.index("ray")]
     # Every node holds the token `ray get-auth-token --generate` made on the launching machine.
     assert config["file_mounts"]["~/.ray/auth_token"] == "~/.ray/auth_token"
+
+
+@pytest.mark.parametrize("name", CONFIGS)
+def test_secrets_in_the_working_tree_are_not_copied(name: str, tmp_path) -> None:
+    """The repository is rsynced to every node: a stray .env or key file must stay here.
+    Replays the copy with rsync itself, using the config's excludes and filter."""
+    if shutil.which("rsync") is None:
+        pytest.skip("rsync is not installed")
+    _, config = load(name)
+    tree = tmp_path / "tree"
+    for path in ("pico/x.py", ".env", ".env.local", "id.pem", ".aws/credentials", "notes.txt"):
+        (tree / path).parent.mkdir(parents=True, exist_ok=True)
+        (tree / path).write_text("x")
+    (tree / ".gitignore").write_text("")
+    flags = [f"--exclude={pattern}" for pattern in config["rsync_exclude"]]
+    flags += [f"--filter=dir-merge,- {rule}" for rule in config["rsync_filter"]]
+    copy = tmp_path / "copy"
+    subprocess.run(["rsync", "-a", *flags, f"{tree}/", str(copy)], check=True)
+    copied = sorted(str(p.relative_to(copy)) for p in copy.rglob("*") if p.is_file())
+    assert copied == [".gitignore", "notes.txt", "pico/x.py"]

@@ -90,7 +90,7 @@ def test_unwritable_paths_and_unreachable_cluster(repo_root, tmp_path, existing)
     output.write_bytes(b"precious")
     cases = [
         (["--storage", str(blocker / "sub")], "cannot write the experiment"),
-        (["--output", str(blocker / "results.parquet")], "cannot write the results file"),
+        (["--output", str(blocker / "results.parquet")], "cannot write --output"),
         (["--output", str(output)], "already exists: choose another --output"),
         (["--address", f"127.0.0.1:{free_port()}"], "cannot reach a Ray cluster"),
         (["--address", "nonsense"], "--address must be host:port"),

@@ -10,6 +10,7 @@ from typing import Any
 
 from pico.config import TrainConfig
 from pico.errors import ArgumentParser, PicoError
+from pico.files import check_output
 
 UNITS_SHOWN = 10  # most selective units printed
 UNITS_CHARTED = 20  # most selective units in the chart
@@ -65,22 +66,27 @@ def main(argv: list[str] | None = None) -> int:
         raise PicoError(f"--units names a .json file, got {args.units}")
     if args.units_tokens < 2:
         raise PicoError(f"--units-tokens must be at least 2, got {args.units_tokens}")
+    if args.units is not None:
+        check_output(args.units, "--units")
+        check_output(args.units.with_suffix(".png"), "--units (its chart)")
     model, cfg, tokenizer = load_model(args.checkpoint)
     if tokenizer is None:
         raise PicoError(f"{args.checkpoint} holds no tokenizer/: it cannot name tokens")
+    if args.clusters is not None and not 1 <= args.clusters <= tokenizer.vocab_size:
+        raise PicoError(f"--clusters must be in [1, {tokenizer.vocab_size}]")
+    # Read the other checkpoint before printing anything: a bad one is refused on its own.
+    other = load_other(args.compare, tokenizer, args.k) if args.compare else None
 
     if args.tokens:
         print_words(model, tokenizer, [w.strip() for w in args.tokens.split(",")], args.k)
     if args.annotate:
         print(annotate(model, tokenizer, tokenizer.encode(args.annotate), args.k))
     if args.clusters:
-        if not 1 <= args.clusters <= tokenizer.vocab_size:
-            raise PicoError(f"--clusters must be in [1, {tokenizer.vocab_size}]")
         clustering = embedding_clusters(model, args.clusters, seed=args.seed)
         for c, members in enumerate(clustering.representatives):
             print(f"cluster {c:>3}: " + " ".join(repr(tokenizer.decode([m])) for m in members))
-    if args.compare:
-        print_comparison(model, tokenizer, args.compare, args.k)
+    if other is not None:
+        print_comparison(model, tokenizer, other, args.k)
     if args.units:
         probe_units_to_file(model, cfg, tokenizer, args)
     return 0
@@ -98,18 +104,28 @@ def print_words(model: Any, tokenizer: Any, words: list[str], k: int) -> None:
         print("\n".join(neighbour_lines(model, tokenizer, list(dict.fromkeys(ids)), k)))
 
 
-def print_comparison(model: Any, tokenizer: Any, other_checkpoint: Path, k: int) -> None:
-    """How alike this model's embeddings and another checkpoint's are on their shared tokens."""
+def load_other(checkpoint: Path, tokenizer: Any, k: int) -> tuple[Any, Any]:
+    """The model and tokenizer of the checkpoint to compare with, checked to share more than `k`
+    tokens with `tokenizer`."""
     from pico.checkpoint import load_model
+    from pico.probe import shared_vocabulary
+
+    other, _, other_tokenizer = load_model(checkpoint)
+    if other_tokenizer is None:
+        raise PicoError(f"{checkpoint} holds no tokenizer/: its tokens cannot be matched")
+    shared, _ = shared_vocabulary(tokenizer, other_tokenizer)
+    if len(shared) <= k:
+        raise PicoError(f"the two vocabularies share only {len(shared)} tokens (need > k)")
+    return other, other_tokenizer
+
+
+def print_comparison(model: Any, tokenizer: Any, other: tuple[Any, Any], k: int) -> None:
+    """How alike this model's embeddings and another checkpoint's are on their shared tokens."""
     from pico.probe import embedding_similarity, shared_vocabulary
 
-    other, _, other_tokenizer = load_model(other_checkpoint)
-    if other_tokenizer is None:
-        raise PicoError(f"{other_checkpoint} holds no tokenizer/: its tokens cannot be matched")
+    other_model, other_tokenizer = other
     ids_a, ids_b = shared_vocabulary(tokenizer, other_tokenizer)
-    if len(ids_a) <= k:
-        raise PicoError(f"the two vocabularies share only {len(ids_a)} tokens (need > k)")
-    scores = embedding_similarity(model, other, ids_a, k, ids_b=ids_b)
+    scores = embedding_similarity(model, other_model, ids_a, k, ids_b=ids_b)
     print(f"shared tokens: {len(ids_a)}")
     for name, value in scores.items():
         print(f"{name}: {value:.4f}")

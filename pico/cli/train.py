@@ -10,6 +10,7 @@ from pathlib import Path
 from pico.cli.config_flags import add_config_flags, config_overrides
 from pico.config import MODEL_FIELDS, TrainConfig
 from pico.errors import ArgumentParser, PicoError
+from pico.files import check_output, is_run, write_atomic
 
 # Fields a resumed run may change: they do not alter what has been computed so far.
 RESUMABLE_CHANGES = ("max_steps", "eval_interval", "device", "num_threads", "compile")
@@ -69,15 +70,31 @@ def check_data(fingerprint: str, expected: str | None, source: str) -> None:
         )
 
 
-def trim_metrics(path: Path, last_step: int) -> None:
-    """Drop records past the checkpoint: the resumed run writes them again."""
+def kept_metrics(path: Path, last_step: int) -> str:
+    """The metrics log up to the checkpoint: the resumed run writes the records past it again."""
     if not path.exists():
-        return
-    lines = path.read_text().splitlines()
-    kept = [line for line in lines if line and json.loads(line)["step"] <= last_step]
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text("".join(line + "\n" for line in kept))
-    tmp.replace(path)
+        return ""
+    kept = []
+    for number, line in enumerate(path.read_text(errors="replace").splitlines(), 1):
+        try:
+            step = json.loads(line)["step"] if line else None
+        except (json.JSONDecodeError, TypeError, KeyError):
+            raise PicoError(f"{path} is damaged: line {number} is not a metrics record") from None
+        if step is not None and step <= last_step:
+            kept.append(line + "\n")
+    return "".join(kept)
+
+
+def check_new_run(out: Path) -> None:
+    """PicoError unless a new run can be written to `out` without touching another run."""
+    check_output(out, "--out", folder=True)
+    if out.is_dir() and is_run(out):
+        raise PicoError(
+            f"{out} already holds a run: pass --resume to continue it, or choose another --out"
+        )
+    for parent in out.resolve().parents:
+        if is_run(parent):
+            raise PicoError(f"--out {out} lies inside the run {parent}: choose another --out")
 
 
 @dataclass(frozen=True)
@@ -94,7 +111,7 @@ def main(argv: list[str] | None = None, base: BaseRun | None = None) -> int:
     """Run the train command; returns the exit status (1 if the run diverged)."""
     from pico.checkpoint import read_meta
     from pico.data import prepare_data
-    from pico.train import train
+    from pico.train import check_split_fits, resolve_device, train
 
     args = build_parser().parse_args(argv)
     out: Path = args.out or Path("runs") / "train"
@@ -104,20 +121,20 @@ def main(argv: list[str] | None = None, base: BaseRun | None = None) -> int:
         cfg = resume_config(args, out)
         meta = read_meta(out / "checkpoint")
         source, expected = f"the checkpoint in {out}", meta.get("data_fingerprint")
+        kept = kept_metrics(out / "metrics.jsonl", int(meta["step"]))
     else:
-        if (out / "metrics.jsonl").exists():
-            raise PicoError(
-                f"{out} already holds a run: pass --resume to continue it, or choose another --out"
-            )
+        check_new_run(out)
         cfg = resolve_config(args, base.cfg if base else None)
         source, expected = "", None
         # Other data settings than the base run's ask for other data: nothing to match.
         if base is not None and all(getattr(cfg, f) == getattr(base.cfg, f) for f in DATA_FIELDS):
             source, expected = base.source, base.data_fingerprint
+    resolve_device(cfg.device)
     data = prepare_data(cfg.corpus, cfg.tokenizer, cache_dir=args.cache_dir, max_docs=cfg.max_docs)
     check_data(data.fingerprint, expected, source)
+    check_split_fits(len(data.train), cfg)
     if args.resume:
-        trim_metrics(out / "metrics.jsonl", int(meta["step"]))
+        write_atomic(out / "metrics.jsonl", kept)
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
     print(f"training {cfg.arch} ({cfg.fingerprint()}) on {cfg.corpus} / {cfg.tokenizer} -> {out}")

@@ -226,13 +226,20 @@ def build_tokenizer(
 def load_tokenizer(folder: str | Path) -> Tokenizer:
     """Read a tokenizer written by `Tokenizer.save`."""
     folder = Path(folder)
-    meta = json.loads((folder / _META).read_text())
-    spec = canonical_spec(meta["spec"])
-    if spec == "byte":
-        return ByteTokenizer()
-    if spec == "char":
-        return CharTokenizer(meta["chars"])
-    return ByteLevelBPE(spec, hf.Tokenizer.from_file(str(folder / _HF_FILE)))
+    path = folder / _META
+    try:
+        meta = json.loads(path.read_bytes())
+        spec = canonical_spec(meta["spec"])
+        if spec == "byte":
+            return ByteTokenizer()
+        if spec == "char":
+            return CharTokenizer(meta["chars"])
+    except (OSError, ValueError, KeyError, TypeError, PicoError) as exc:
+        raise PicoError(f"{path} is damaged: {exc}") from None
+    try:
+        return ByteLevelBPE(spec, hf.Tokenizer.from_file(str(folder / _HF_FILE)))
+    except Exception as exc:  # the tokenizers library raises a bare Exception for a bad file
+        raise PicoError(f"{folder / _HF_FILE} is damaged: {exc}") from None
 
 
 def _bytes_to_unicode() -> dict[int, str]:
