@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Install what Pico needs on a fresh machine: PyTorch (the CPU build unless one is installed),
-# the project and its dev tools in editable mode, Chromium for the report's browser test and
+# the project and its dev tools in editable mode, Chromium and rsync for tests, and
 # PostgreSQL for the test of a study in a database.
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -12,8 +12,14 @@ fi
 python3 -m pip install -q -e ".[dev]"
 
 if ! command -v chromium >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
-    echo "setup: installing Chromium (for the report's browser test)"
+    echo "setup: installing Chromium (for the browser tests of the report and dashboards)"
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+fi
+
+# rsync, which `ray up` copies the project with: the cluster-config test replays that copy.
+if ! command -v rsync >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    echo "setup: installing rsync (for the test of what cluster.yaml copies)"
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq rsync >/dev/null
 fi
 
 # The PostgreSQL server, for the test that keeps a search's study in a database of its own.

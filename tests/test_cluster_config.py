@@ -152,7 +152,7 @@ def test_secrets_in_the_working_tree_are_not_copied(name: str, tmp_path) -> None
     """The repository is rsynced to every node: a stray .env or key file must stay here.
     Replays the copy with rsync itself, using the config's excludes and filter."""
     if shutil.which("rsync") is None:
-        pytest.skip("rsync is not installed")
+        pytest.fail("rsync is not installed: ./setup.sh installs it")
     _, config = load(name)
     tree = tmp_path / "tree"
     for path in ("pico/x.py", ".env", ".env.local", "id.pem", ".aws/credentials", "notes.txt"):
