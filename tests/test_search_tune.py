@@ -257,7 +257,7 @@ def test_resume_never_unpickles_anything_in_the_experiment_folder(ray_session, s
     assert not marker.exists()
     trials = outcome.table.trials
     assert trials["00002"].status == "errored"  # torch refused the checkpoint's pickle
-    assert "weights" in trials["00002"].error.lower(), trials["00002"].error
+    assert "a safe load refuses" in trials["00002"].error, trials["00002"].error
     assert trials["00003"].status == "completed" and outcome.ended
 
 
