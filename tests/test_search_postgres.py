@@ -23,6 +23,7 @@ import optuna
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
+from test_search_cli import wait_for_results
 
 from launch.storage import MANIFEST, RESULTS
 
@@ -207,21 +208,6 @@ def run(
     )  # fmt: skip
 
 
-def wait_for_results(path: Path, finished: int, process: subprocess.Popen, timeout=240) -> None:
-    """Block until the results file shows `finished` trials that are no longer running."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        assert process.poll() is None, process.communicate()
-        try:
-            last = pd.read_parquet(path, columns=["status", "is_last"]).query("is_last")
-        except (OSError, ValueError):
-            last = pd.DataFrame({"status": []})
-        if (last.status != "running").sum() >= finished:
-            return
-        time.sleep(0.2)
-    raise TimeoutError(f"{path} never showed {finished} finished trials")
-
-
 def kill_group(process: subprocess.Popen) -> tuple[str, str]:
     """SIGKILL the driver, then whatever it started (Ray); returns what it printed."""
     process.send_signal(signal.SIGKILL)
@@ -249,7 +235,7 @@ def killed_and_resumed(postgres, repo_root, tmp_path_factory) -> Iterator[dict]:
             *TINY_RUN, *longer, scratch=scratch,
         )  # fmt: skip
         try:
-            wait_for_results(storage / name / RESULTS, 2, first)
+            wait_for_results(storage / name / RESULTS, 2, first, timeout=240)
         finally:
             out, err = kill_group(first)
         cut_short = optuna.load_study(study_name=name, storage=postgres.url()).trials
