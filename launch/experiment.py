@@ -147,6 +147,8 @@ def conclude(
             record = table.trial(trial_id_of(number))
             study.finish(number, status.STOPPED, last_step=record.last_step)
             record.status = status.STOPPED
+        for number in study.unconfigured():  # never ran, and never will: no results to show
+            study.finish(number, status.STOPPED, last_step=None)
         unfinished = []
     left = len(unfinished) + max(0, settings.num_samples - len(table.trials))
     ended = left == 0 or timed_out or budget.stop_all()

@@ -34,7 +34,6 @@ CONFIG_ATTR = "config"
 ERROR_ATTR = "error"
 RETRIES_ATTR = "retries"
 LAST_STEP_ATTR = "last_step"
-NEVER_STARTED = "never started: the driver stopped before storing its config"
 RUNG_ATTR = "asha_rung_{:g}"
 _STARTED = tuple(state for state in TrialState if state != TrialState.WAITING)
 
@@ -123,6 +122,7 @@ class SearchStudy:
         # trials it has ended and which steps it has reported.
         self._ended: set[int] = set()
         self._reported: set[tuple[int, int]] = set()
+        self._unconfigured: list[int] | None = None  # read at the first `ask`
         self.multi_objective = len(study.directions) > 1
 
     def __getstate__(self) -> dict[str, Any]:
@@ -213,23 +213,27 @@ class SearchStudy:
         return sum(CONFIG_ATTR in t.user_attrs for t in self.trials())
 
     def unfinished(self) -> list[int]:
-        """Numbers of the trials created that have not ended (cut short, or never started).
+        """Numbers of the trials that were given a config and have not ended."""
+        running = self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+        return [t.number for t in running if CONFIG_ATTR in t.user_attrs]
 
-        A trial asked for but left without its config (the driver died in between) never ran:
-        it is told FAIL here, once, and counts for nothing.
-        """
-        numbers = []
-        for trial in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-            if CONFIG_ATTR in trial.user_attrs:
-                numbers.append(trial.number)
-            else:
-                self.finish(trial.number, status.ERRORED, last_step=None, error=NEVER_STARTED)
-        return numbers
+    def unconfigured(self) -> list[int]:
+        """Numbers of the trials created without a config: the driver died between creating a
+        trial and storing its config, so it never ran."""
+        running = self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+        return [t.number for t in running if CONFIG_ATTR not in t.user_attrs]
 
     def ask(self, make_config: Callable[[optuna.Trial], dict[str, Any]]) -> tuple[int, dict]:
         """Create a trial (an enqueued one first) and store its exact config; returns its number
-        and config."""
-        trial = self.study.ask()
+        and config. A trial left without its config (`unconfigured`) gets one first, in its own
+        place, so that it does not stay in the study beside the trial that replaces it."""
+        if self._unconfigured is None:
+            self._unconfigured = self.unconfigured()
+        if self._unconfigured:
+            number = self._unconfigured.pop(0)
+            trial = optuna.Trial(self.study, self._storage_id(number))
+        else:
+            trial = self.study.ask()
         config = make_config(trial)
         trial.set_user_attr(CONFIG_ATTR, config)
         return trial.number, config

@@ -81,3 +81,15 @@ def test_a_resumed_search_draws_new_configs_not_the_first_runs_again(tmp_path):
     params = [{k: v for k, v in c.items() if k != "_pico"} for c in before + after]
     assert len({repr(sorted(p.items())) for p in params}) == 4
     assert [c["_pico"]["trial_id"] for c in after] == ["00002", "00003"]
+
+
+def test_a_trial_left_without_its_config_gets_one_in_its_own_place(tmp_path):
+    settings = SearchSettings(name="exp", storage=str(tmp_path))
+    (tmp_path / "exp").mkdir()
+    study = SearchStudy.create(settings.optuna_url, "exp", ["minimize"], settings.to_dict(), {})
+    study.study.ask()  # the driver died right after creating trial 0, before storing its config
+    resumed = SearchStudy.load(settings.optuna_url, "exp")
+    searcher = StudySearcher(resumed, tiny_config, num_samples=2, continuing=[], metric="val_loss")
+    ids = [searcher.suggest(f"tune_{i}")["_pico"]["trial_id"] for i in range(2)]
+    assert ids == ["00000", "00001"] and searcher.suggest("tune_2") == Searcher.FINISHED
+    assert [CONFIG_ATTR in t.user_attrs for t in resumed.trials()] == [True, True]
