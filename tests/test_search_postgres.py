@@ -228,7 +228,8 @@ def killed_and_resumed(postgres, repo_root, tmp_path_factory) -> Iterator[dict]:
     storage, name, samples = tmp / "exp", "clustered", 6
     where = ["--storage", str(storage), "--name", name]
     # Trials long enough (a second or two each) that the search is still running when killed.
-    longer = ["--max-steps", "150", "--eval-interval", "15", "--grace-period", "30"]
+    # Long enough that the kill lands mid-search on an idle machine too.
+    longer = ["--max-steps", "400", "--eval-interval", "20", "--grace-period", "40"]
     try:
         first = start(
             repo_root, *where, "--optuna-storage", postgres.url(), "--num-samples", str(samples),
