@@ -1,10 +1,8 @@
 """Where to watch a running search: Ray's dashboard and the study in optuna-dashboard.
 
 Ray's dashboard runs whenever Ray does (this machine's, or the cluster head's, bound to its
-loopback address) and asks for Ray's token: `watch_lines` says where it is and which command
-prints the token. Pico never turns Ray's token authentication off; when `RAY_AUTH_MODE` is unset
-it sets it to `token` itself (`require_token_auth`), which is what Ray would choose, minus Ray's
-warning that suggests turning it off.
+loopback address) and asks for Ray's token (launch/exposure.py keeps it on): `watch_lines` says
+where it is and which command prints the token.
 
 `--live` starts optuna-dashboard on the search's study, on 127.0.0.1 only, for as long as the
 search runs (`optuna_dashboard`). A database password never reaches its command line (where
@@ -27,12 +25,6 @@ from pico.errors import PicoError
 
 TOKEN_COMMAND = "ray get-auth-token"
 DASHBOARD_START_TIMEOUT_S = 30.0
-
-
-def require_token_auth() -> None:
-    """Keep Ray's token authentication on, without Ray's advice to opt out of it. Call it before
-    Ray is imported: Ray reads its mode once."""
-    os.environ.setdefault("RAY_AUTH_MODE", "token")
 
 
 def watch_lines(dashboard_url: str | None, remote: bool, study_url: str) -> list[str]:

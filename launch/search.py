@@ -20,6 +20,7 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from launch.exposure import check_aws_keys, prepare_environment
 from launch.settings import (
     OBJECTIVES,
     SAMPLERS,
@@ -227,6 +228,7 @@ def main(argv: list[str] | None = None) -> int:
         return export_results(settings)
     settings = resumed_settings(given) if args.resume else new_settings(given)
     # Bad input fails here, in about a second, before Ray and torch are imported.
+    check_aws_keys(args.address)
     check_inputs(settings, resume=args.resume, address=args.address)
     if args.address and not settings.is_remote:
         print(
@@ -234,26 +236,23 @@ def main(argv: list[str] | None = None) -> int:
             "must be a shared file system (or pass --storage s3://...) for retries and --resume",
             file=sys.stderr,
         )
+    with prepare_environment(args.address):  # before Ray is imported: Ray reads it once
+        from launch.experiment import run_search
+        from launch.study import redact
+        from launch.summary import summary_lines
 
-    from launch.live import require_token_auth
-
-    require_token_auth()  # before Ray is imported: Ray reads it once
-    from launch.experiment import run_search
-    from launch.study import redact
-    from launch.summary import summary_lines
-
-    verbosity = 0 if args.quiet else 2 if args.verbose else 1
-    words = sys.argv[1:] if argv is None else argv
-    command = shlex.join(["python", "launch/search.py", *map(redact, words)])
-    outcome = run_search(
-        settings,
-        resume=args.resume,
-        verbosity=verbosity,
-        address=args.address,
-        command=command,
-        dashboard=args.dashboard,
-        live=args.live,
-    )
+        verbosity = 0 if args.quiet else 2 if args.verbose else 1
+        words = sys.argv[1:] if argv is None else argv
+        command = shlex.join(["python", "launch/search.py", *map(redact, words)])
+        outcome = run_search(
+            settings,
+            resume=args.resume,
+            verbosity=verbosity,
+            address=args.address,
+            command=command,
+            dashboard=args.dashboard,
+            live=args.live,
+        )
     print("\n".join(summary_lines(settings, outcome.table)))
     if outcome.ended and outcome.unfinished:
         print(

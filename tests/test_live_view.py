@@ -90,15 +90,6 @@ def test_watch_lines_without_a_dashboard_or_without_token_auth(monkeypatch):
     assert "get-auth-token" not in ray_line
 
 
-def test_token_auth_is_turned_on_unless_the_user_chose(monkeypatch):
-    monkeypatch.delenv("RAY_AUTH_MODE", raising=False)
-    live.require_token_auth()
-    assert os.environ["RAY_AUTH_MODE"] == "token"
-    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
-    live.require_token_auth()
-    assert os.environ["RAY_AUTH_MODE"] == "disabled"
-
-
 # ------------------------------------------------------------------ trial actors
 
 
