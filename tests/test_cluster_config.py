@@ -11,6 +11,7 @@ import re
 import shlex
 import shutil
 import subprocess
+import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -113,7 +114,14 @@ def test_shared_storage_is_named_in_one_place(name: str, scheme: str) -> None:
 @pytest.mark.parametrize("name", CONFIGS)
 def test_the_project_is_synced_and_installed_on_every_node(name: str) -> None:
     _, config = load(name)
-    assert config["file_mounts"]["~/pico"] == "."
+    project = {k: v for k, v in config["file_mounts"].items() if k.startswith("~/pico/")}
+    assert all(remote == f"~/pico/{local[2:]}" for remote, local in project.items())
+    # Everything `pip install -e ~/pico` reads: the packages it installs and the readme.
+    pyproject = tomllib.loads((REPO / "pyproject.toml").read_text())
+    found = pyproject["tool"]["setuptools"]["packages"]["find"]["include"]
+    packages = [pattern.rstrip("*") for pattern in found]
+    needed = {f"./{name}" for name in [*packages, "pyproject.toml", pyproject["project"]["readme"]]}
+    assert set(project.values()) == needed
     for key in ("head_setup_commands", "worker_setup_commands"):
         installs = [cmd for cmd in config[key] if "pip install" in cmd]
         assert any("-e ~/pico" in cmd for cmd in installs)
@@ -148,20 +156,29 @@ def test_token_authentication_stays_on(name: str) -> None:
 
 
 @pytest.mark.parametrize("name", CONFIGS)
-def test_secrets_in_the_working_tree_are_not_copied(name: str, tmp_path) -> None:
-    """The repository is rsynced to every node: a stray .env or key file must stay here.
-    Replays the copy with rsync itself, using the config's excludes and filter."""
+def test_only_the_project_is_copied_and_no_secret(name: str, tmp_path) -> None:
+    """Nodes get the folders and files the config names, never the rest of the working tree (a
+    stray .env, notes), and within them no file that commonly holds a secret. Replays each
+    mount with rsync itself, with the config's excludes and filter, as `ray up` runs it."""
     if shutil.which("rsync") is None:
         pytest.fail("rsync is not installed: ./setup.sh installs it")
     _, config = load(name)
     tree = tmp_path / "tree"
-    for path in ("pico/x.py", ".env", ".env.local", "id.pem", ".aws/credentials", "notes.txt"):
+    stray = [".env", ".env.local", "notes.txt", "id.pem", ".aws/credentials", "data/big.bin"]
+    inside = ["pico/.env", "pico/deploy.key", "launch/.envrc", "pico/__pycache__/x.pyc"]
+    wanted = ["pico/x.py", "launch/search.py", "search_spaces/all.py", "analysis/report.py"]
+    for path in [*stray, *inside, *wanted, "pyproject.toml", "README.md"]:
         (tree / path).parent.mkdir(parents=True, exist_ok=True)
         (tree / path).write_text("x")
-    (tree / ".gitignore").write_text("")
     flags = [f"--exclude={pattern}" for pattern in config["rsync_exclude"]]
     flags += [f"--filter=dir-merge,- {rule}" for rule in config["rsync_filter"]]
-    copy = tmp_path / "copy"
-    subprocess.run(["rsync", "-a", *flags, f"{tree}/", str(copy)], check=True)
-    copied = sorted(str(p.relative_to(copy)) for p in copy.rglob("*") if p.is_file())
-    assert copied == [".gitignore", "notes.txt", "pico/x.py"]
+    node = tmp_path / "node"
+    for remote, local in config["file_mounts"].items():
+        if not remote.startswith("~/pico/"):
+            continue
+        source, target = tree / local, node / remote.removeprefix("~/")
+        target.parent.mkdir(parents=True, exist_ok=True)  # `ray up` makes the parent first
+        slash = "/" if source.is_dir() else ""
+        subprocess.run(["rsync", "-a", *flags, f"{source}{slash}", f"{target}{slash}"], check=True)
+    copied = sorted(str(p.relative_to(node / "pico")) for p in node.rglob("*") if p.is_file())
+    assert copied == sorted([*wanted, "pyproject.toml", "README.md"])
