@@ -39,7 +39,7 @@ from pico.errors import ArgumentParser, run_cli  # noqa: E402
 TINY = [
     "--space", "tiny", "--corpus", "3seqs", "--tokenizer", "char", "--max-steps", "200",
     "--eval-interval", "20", "--eval-tokens", "256", "--grace-period", "20", "--no-dashboard",
-    "-q",
+    "-q", "--no-confirm",
 ]  # fmt: skip
 
 

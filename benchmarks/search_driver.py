@@ -211,6 +211,8 @@ def bench_settings(args: Any, n_trials: int, folder: Path, name: str) -> Any:
         corpus="3seqs",
         tokenizer="char",
         max_concurrent=args.concurrency,
+        confirm_top=0,  # the driver's cost per result: the search phase only
+        confirm_seeds=0,
     )
 
 

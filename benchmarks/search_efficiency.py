@@ -63,6 +63,8 @@ def run(name: str, changes: dict, args: argparse.Namespace, budget: float | None
         grace_period=args.grace_period,
         seed=args.seed,
         compute_budget=budget,
+        confirm_top=0,  # compared on the search phase, as before the confirmation stage
+        confirm_seeds=0,
         **changes,
     )
     if not settings.store().exists(MANIFEST):

@@ -35,7 +35,7 @@ from launch.export import ResultsWriter, build_table, utc_now
 from launch.live import optuna_dashboard, watch_lines
 from launch.results import ResultsTable
 from launch.settings import ASHA_METRIC, SearchSettings, check_inputs
-from launch.study import SearchStudy, redact, trial_id_of, without_password
+from launch.study import CONFIRM, SEARCH, SearchStudy, redact, trial_id_of, without_password
 from launch.trainable import SETTINGS_KEY, train_trial, trial_config
 from pico.errors import PicoError
 
@@ -52,8 +52,9 @@ class SearchOutcome:
     """How a run of the search ended: its results, and whether trials are left to resume."""
 
     table: ResultsTable
-    ended: bool  # every trial ended, or a budget stopped the search
+    ended: bool  # every trial ended (or a budget stopped the search) and none is left to confirm
     unfinished: int  # trials not yet run to their end (running or never started)
+    search_ended: bool  # the search phase is over: the confirmation stage may run
 
 
 def run_search(
@@ -66,37 +67,68 @@ def run_search(
     dashboard: bool = True,
     live: bool = False,
 ) -> SearchOutcome:
-    """Run (or resume) the search described by `settings`; with `live`, optuna-dashboard shows
-    the study while it runs."""
+    """Run (or resume) the search described by `settings`, then its confirmation stage if it
+    asks for one (launch/confirm.py); with `live`, optuna-dashboard shows the study while it
+    runs."""
     check_inputs(settings, resume=resume, address=address)
     data = prepare(settings, verbosity)
     study = open_study(settings, data, resume=resume, command=command)
     table = build_table(study, settings.store())
-    continuing = study.unfinished()
-    to_create = max(0, settings.num_samples - len(table.trials))
     budget = ComputeBudget(settings.compute_budget, spent_flops(table))
     started = time.monotonic()
     writer = ResultsWriter(table, settings.results_path)
     try:
-        if (continuing or to_create) and not budget.stop_all():
-            with (
-                connected_ray(address, verbosity, dashboard) as dashboard_url,
-                ExitStack() as stack,
-            ):
-                if verbosity >= 1:
-                    for line in watch_lines(dashboard_url, bool(address), settings.optuna_url):
-                        print(line)
-                if live:
-                    url = stack.enter_context(optuna_dashboard(settings.optuna_url))
-                    print(f"live:  optuna-dashboard at {url} (until the search ends)")
-                tuner = make_tuner(
-                    settings, study, data, writer, continuing, to_create, budget, verbosity
-                )
+        with ExitStack() as stack:
+            ray = RayOnDemand(stack, settings, address, verbosity, dashboard, live)
+            continuing = study.unfinished(SEARCH)
+            to_create = max(0, settings.num_samples - study.asked(SEARCH))
+            if (continuing or to_create) and not budget.stop_all():
+                ray.start()
+                searcher = make_searcher(settings, study, continuing)
+                tuner = make_tuner(settings, study, data, writer, searcher, budget, verbosity)
                 tuner.fit()
-        with writer.lock:
-            return conclude(settings, study, table, budget, time.monotonic() - started)
+            with writer.lock:
+                outcome = conclude(settings, study, table, budget, time.monotonic() - started)
+            if outcome.search_ended and not outcome.ended:  # a confirmation stage to run
+                ray.start()
+                confirmation = make_confirmation(settings, study, table)
+                make_tuner(settings, study, data, writer, confirmation, None, verbosity).fit()
+                with writer.lock:
+                    outcome = conclude(settings, study, table, budget, time.monotonic() - started)
+        return outcome
     finally:
         writer.close()
+
+
+class RayOnDemand:
+    """Ray for this run, started (or joined) the first time a phase has trials to run, with the
+    watch lines and `--live`; stopped when `stack` closes."""
+
+    def __init__(
+        self,
+        stack: ExitStack,
+        settings: SearchSettings,
+        address: str | None,
+        verbosity: int,
+        dashboard: bool,
+        live: bool,
+    ):
+        self.stack, self.settings, self.address = stack, settings, address
+        self.verbosity, self.dashboard, self.live = verbosity, dashboard, live
+        self.started = False
+
+    def start(self) -> None:
+        """Start Ray unless this run already has."""
+        if self.started:
+            return
+        self.started = True
+        url = self.stack.enter_context(connected_ray(self.address, self.verbosity, self.dashboard))
+        if self.verbosity >= 1:
+            for line in watch_lines(url, bool(self.address), self.settings.optuna_url):
+                print(line)
+        if self.live:
+            live_url = self.stack.enter_context(optuna_dashboard(self.settings.optuna_url))
+            print(f"live:  optuna-dashboard at {live_url} (until the search ends)")
 
 
 def open_study(settings: SearchSettings, data: Any, *, resume: bool, command: str) -> SearchStudy:
@@ -105,7 +137,11 @@ def open_study(settings: SearchSettings, data: Any, *, resume: bool, command: st
     from search_spaces import warm_start_points
 
     if resume:
-        return SearchStudy.load(settings.optuna_url, settings.name)
+        study = SearchStudy.load(settings.optuna_url, settings.name)
+        confirm = {"confirm_top": settings.confirm_top, "confirm_seeds": settings.confirm_seeds}
+        if any(study.settings.get(key, 0) != value for key, value in confirm.items()):
+            study.save_settings({**study.settings, **confirm})  # asked for on this resume
+        return study
     if not settings.is_remote:  # SQLite makes its file, not the folders above it
         Path(settings.experiment_path).mkdir(parents=True, exist_ok=True)
     directions = [{"min": "minimize", "max": "maximize"}[mode] for _, mode in settings.metrics]
@@ -134,28 +170,35 @@ def conclude(
     budget: ComputeBudget,
     elapsed_s: float,
 ) -> SearchOutcome:
-    """Record how the run ended: trials a spent budget cut short end `stopped`, and a search
-    with no trial left to run is marked ended. The table gets every trial the study holds, those
-    that never reported too, so that it is what `build_table` would make of the study."""
-    unfinished = study.unfinished()
-    for number in unfinished:
-        table.trial(trial_id_of(number), study.config(number))
+    """Record how the run ended: search trials a spent budget cut short end `stopped` (the
+    budgets bound the search phase, not the confirmation stage), and a search with no trial
+    left to run, in either phase, is marked ended. The table gets every trial the study holds,
+    those that never reported too, so that it is what `build_table` would make of the study."""
+    for number in study.unfinished():
+        table.trial(trial_id_of(number), study.config(number), study.confirms(number))
     # Tune's clock starts a moment before ours: allow for it.
     timed_out = settings.time_budget_s is not None and elapsed_s >= 0.95 * settings.time_budget_s
-    if timed_out or budget.stop_all():
-        for number in unfinished:
+    budget_spent = timed_out or budget.stop_all()
+    if budget_spent:
+        for number in study.unfinished(SEARCH):
             record = table.trial(trial_id_of(number))
             study.finish(number, status.STOPPED, last_step=record.last_step)
             record.status = status.STOPPED
         for number in study.unconfigured():  # never ran, and never will: no results to show
             study.finish(number, status.STOPPED, last_step=None)
-        unfinished = []
-    left = len(unfinished) + max(0, settings.num_samples - len(table.trials))
-    ended = left == 0 or timed_out or budget.stop_all()
-    if ended and study.metadata.get("ended_at") is None:
+    search_left = 0
+    if not budget_spent:
+        search_left = len(study.unfinished(SEARCH))
+        search_left += max(0, settings.num_samples - study.asked(SEARCH))
+    confirm_left = 0
+    if settings.confirm_top and search_left == 0:
+        confirmation = make_confirmation(settings, study, table)
+        confirm_left = confirmation.trials_to_run()
+    left = search_left + confirm_left
+    if left == 0 and study.metadata.get("ended_at") is None:
         study.mark_ended(utc_now())
     table.metadata.update(study.metadata)
-    return SearchOutcome(table, ended, left)
+    return SearchOutcome(table, ended=left == 0, unfinished=left, search_ended=search_left == 0)
 
 
 def spent_flops(table: ResultsTable) -> dict[str, float]:
@@ -218,13 +261,14 @@ def make_tuner(
     study: SearchStudy,
     data: Any,
     writer: ResultsWriter,
-    continuing: list[int],
-    to_create: int,
-    budget: ComputeBudget,
+    searcher: Any,
+    budget: ComputeBudget | None,
     verbosity: int,
 ) -> Any:
-    """A Tuner that runs the study's unfinished trials and `to_create` new ones."""
+    """A Tuner that runs the trials `searcher` hands out: the search phase's (with ASHA and the
+    budgets), or the confirmation stage's (without `budget`: each runs to `max_steps`)."""
     from ray import tune
+    from ray.tune.schedulers import FIFOScheduler
 
     # Tune's classic live table, with the columns below, rather than a config box per trial.
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
@@ -241,11 +285,11 @@ def make_tuner(
         trainable,
         param_space={SETTINGS_KEY: shared},
         tune_config=tune.TuneConfig(
-            search_alg=make_searcher(settings, study, continuing),
-            scheduler=make_scheduler(settings, study),
-            num_samples=len(continuing) + to_create,
+            search_alg=searcher,
+            scheduler=make_scheduler(settings, study) if budget else FIFOScheduler(),
+            num_samples=searcher.trials_to_run(),
             max_concurrent_trials=settings.max_concurrent,
-            time_budget_s=settings.time_budget_s,
+            time_budget_s=settings.time_budget_s if budget else None,
             reuse_actors=True,
             trial_name_creator=namer,
             trial_dirname_creator=namer,
@@ -255,7 +299,7 @@ def make_tuner(
             storage_path=scratch_folder(),
             failure_config=tune.FailureConfig(max_failures=settings.max_failures),
             callbacks=make_callbacks(settings, study, writer),
-            stop=budget if settings.compute_budget else None,
+            stop=budget if budget and settings.compute_budget else None,
             progress_reporter=tune.CLIReporter(
                 parameter_columns=TABLE_PARAMETERS,
                 metric_columns=TABLE_METRICS,
@@ -375,6 +419,18 @@ def make_searcher(settings: SearchSettings, study: SearchStudy, continuing: list
         num_samples=settings.num_samples,
         continuing=continuing,
         metric=ASHA_METRIC,
+    )
+
+
+def make_confirmation(settings: SearchSettings, study: SearchStudy, table: ResultsTable) -> Any:
+    """The confirmation stage's searcher: its unfinished trials, then the rest of its plan."""
+    from launch.confirm import confirmation_plan, confirmation_seeds
+    from launch.searcher import ConfirmationSearcher
+
+    seeds = confirmation_seeds(settings.seed, settings.confirm_seeds)
+    plan = confirmation_plan(table, settings.confirm_top, seeds, study.confirmations())
+    return ConfirmationSearcher(
+        study, plan, continuing=study.unfinished(CONFIRM), metric=ASHA_METRIC
     )
 
 

@@ -24,6 +24,7 @@ from launch.results import ResultsTable
 from launch.storage import ExperimentStore, is_uri
 from launch.study import (
     CONFIG_ATTR,
+    CONFIRMS_ATTR,
     ERROR_ATTR,
     LAST_STEP_ATTR,
     RETRIES_ATTR,
@@ -56,7 +57,8 @@ def build_table(study: SearchStudy, store: ExperimentStore) -> ResultsTable:
         if CONFIG_ATTR not in trial.user_attrs:
             continue  # asked, but the driver stopped before storing its config: never ran
         trial_id = trial_id_of(trial.number)
-        record = table.trial(trial_id, trial.user_attrs[CONFIG_ATTR])
+        attrs = trial.user_attrs
+        record = table.trial(trial_id, attrs[CONFIG_ATTR], confirms=attrs.get(CONFIRMS_ATTR))
         ended_at = trial.user_attrs.get(LAST_STEP_ATTR)
         for evaluation in store.read_evals(trial_id):
             if ended_at is None or evaluation["step"] <= ended_at:

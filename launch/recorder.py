@@ -51,8 +51,9 @@ class Recorder(Callback):
         """Apply a result and the study's view of the trial to its row of the live table."""
         trial_id = pico_trial_id(trial.config)
         config = {k: v for k, v in trial.config.items() if k != SETTINGS_KEY}
+        confirms = trial.config[SETTINGS_KEY].get("confirms")
         with self.writer.lock:
-            record = self.writer.table.trial(trial_id, config)
+            record = self.writer.table.trial(trial_id, config, confirms)
             if result is not None:
                 record.add_eval(result)
             attrs = {RETRIES_ATTR: self.retries.get(trial_id, record.retries)}

@@ -45,6 +45,8 @@ TRIAL_COLUMNS = [
     ("error", pa.string()),
     ("decode_latency_ms", pa.float64()),
     ("retries", pa.int64()),
+    ("phase", pa.string()),
+    ("confirms", pa.string()),
 ]
 EVAL_COLUMNS = [
     ("step", pa.int64()),
@@ -83,6 +85,12 @@ class TrialRecord:
     error: str | None = None
     decode_latency_ms: float | None = None
     retries: int = 0
+    confirms: str | None = None  # the search trial a confirmation trial reruns
+
+    @property
+    def phase(self) -> str:
+        """`confirm` for a confirmation trial, else `search`."""
+        return "search" if self.confirms is None else "confirm"
 
     def add_eval(self, metrics: dict[str, Any]) -> None:
         """Record one evaluation. A report at step s means the trial's history is rewound to s
@@ -119,6 +127,8 @@ class TrialRecord:
             "error": self.error,
             "decode_latency_ms": self.decode_latency_ms,
             "retries": self.retries,
+            "phase": self.phase,
+            "confirms": self.confirms,
         }
 
     def rows(self, experiment: str) -> list[dict[str, Any]]:
@@ -139,13 +149,15 @@ class ResultsTable:
         self.trials: dict[str, TrialRecord] = {}
         self._encoded: dict[str, pa.Table] = {}  # trial id -> its rows, while unchanged
 
-    def trial(self, trial_id: str, config: dict[str, Any] | None = None) -> TrialRecord:
-        """The record of `trial_id` (created from its config fields on first sight), marked as
-        changed: the caller is about to update it."""
+    def trial(
+        self, trial_id: str, config: dict[str, Any] | None = None, confirms: str | None = None
+    ) -> TrialRecord:
+        """The record of `trial_id` (created from its config fields, and the trial it confirms,
+        on first sight), marked as changed: the caller is about to update it."""
         if trial_id not in self.trials:
             if config is None:
                 raise KeyError(trial_id)
-            self.trials[trial_id] = TrialRecord(trial_id, config)
+            self.trials[trial_id] = TrialRecord(trial_id, config, confirms=confirms)
         self._encoded.pop(trial_id, None)
         return self.trials[trial_id]
 
@@ -175,6 +187,7 @@ def read_trials(path: str | Path) -> list[TrialRecord]:
             record = TrialRecord(row["trial_id"], config, status=row["status"])
             for name in ("rung", "node", "node_id", "device", "checkpoint", "error", "retries"):
                 setattr(record, name, row[name])
+            record.confirms = row.get("confirms")  # absent from files before confirmation
             record.decode_latency_ms = row["decode_latency_ms"]
             records[record.trial_id] = record
         if row["step"] is not None:

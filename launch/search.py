@@ -35,6 +35,8 @@ from search_spaces import SPACES
 
 # Flags that a resumed search may change: they do not alter what the experiment computes.
 RESUME_FLAGS = {"name", "storage", "resume", "export", "address", "verbose", "quiet", "dashboard"}
+# ... and these add a confirmation stage to a search, or enlarge it.
+CONFIRM_FLAGS = {"confirm_top", "confirm_seeds"}
 EXIT_INTERRUPTED = 130
 
 
@@ -97,6 +99,22 @@ def build_parser() -> ArgumentParser:
         "--max-failures", type=int, help=f"retries of a failing trial [{d.max_failures}]"
     )
     p.add_argument(
+        "--confirm-top",
+        type=int,
+        help="after the search, rerun the best K trials of each architecture with fresh seeds "
+        f"[{d.confirm_top}]",
+    )
+    p.add_argument(
+        "--confirm-seeds",
+        type=int,
+        help=f"seeds per confirmed config, shared by all configs [{d.confirm_seeds}]",
+    )
+    p.add_argument(
+        "--no-confirm",
+        action="store_true",
+        help="no confirmation stage (the same as --confirm-top 0 --confirm-seeds 0)",
+    )
+    p.add_argument(
         "--resume",
         action="store_true",
         help="continue experiment --name after an interrupt or crash, from any machine",
@@ -128,6 +146,10 @@ def given_settings(args) -> dict:
     """The SearchSettings fields that were set on the command line."""
     names = {f.name for f in dataclasses.fields(SearchSettings)}
     values = {k: v for k, v in vars(args).items() if k in names and v is not None}
+    if args.no_confirm:
+        if "confirm_top" in values or "confirm_seeds" in values:
+            raise PicoError("--no-confirm and --confirm-top/--confirm-seeds contradict: pass one")
+        values.update(confirm_top=0, confirm_seeds=0)
     if "objectives" in values:
         values["objectives"] = [name.strip() for name in values["objectives"].split(",")]
     if "storage" in values and "://" not in values["storage"]:
@@ -226,7 +248,11 @@ def main(argv: list[str] | None = None) -> int:
         if settings.output and Path(settings.output).exists():
             raise PicoError(f"{settings.output} already exists: choose another --output")
         return export_results(settings)
-    settings = resumed_settings(given) if args.resume else new_settings(given)
+    settings = (
+        resumed_settings(given, RESUME_FLAGS | CONFIRM_FLAGS)
+        if args.resume
+        else new_settings(given)
+    )
     # Bad input fails here, in about a second, before Ray and torch are imported.
     check_aws_keys(args.address)
     check_inputs(settings, resume=args.resume, address=args.address)

@@ -55,7 +55,7 @@ class StudySearcher(Searcher):
     def __init__(
         self,
         study: SearchStudy,
-        make_config: ConfigMaker,
+        make_config: ConfigMaker | None,
         *,
         num_samples: int,
         continuing: list[int],
@@ -72,13 +72,25 @@ class StudySearcher(Searcher):
         """The config of the next trial to run, or FINISHED."""
         if self.continuing:
             number = self.continuing.popleft()
-            config = self.study.config(number)
-        elif self.created < self.num_samples:
-            number, config = self.study.ask(self.make_config)
-            self.created += 1
+            config, confirms = self.study.config(number), self.study.confirms(number)
         else:
-            return Searcher.FINISHED
-        return {**config, SETTINGS_KEY: {"trial_id": trial_id_of(number)}}
+            new = self.new_trial()
+            if new is None:
+                return Searcher.FINISHED
+            number, config, confirms = new
+        return {**config, SETTINGS_KEY: {"trial_id": trial_id_of(number), "confirms": confirms}}
+
+    def trials_to_run(self) -> int:
+        """How many trials this searcher will hand out."""
+        return len(self.continuing) + max(0, self.num_samples - self.created)
+
+    def new_trial(self) -> tuple[int, dict[str, Any], str | None] | None:
+        """A new trial from the sampler (its number, config and the trial it confirms: none),
+        until the study holds `num_samples`; else None."""
+        if self.created >= self.num_samples:
+            return None
+        self.created += 1
+        return *self.study.ask(self.make_config), None
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False):
         """Nothing to do: the recorder tells the study how trials end."""
@@ -89,3 +101,31 @@ class StudySearcher(Searcher):
     def restore(self, checkpoint_path: str) -> None:
         """Never called: a resumed search builds a new searcher from the study."""
         raise NotImplementedError("a resumed search builds a new searcher from the study")
+
+
+class ConfirmationSearcher(StudySearcher):
+    """Suggests the confirmation stage's unfinished trials, then those of `plan` not yet asked:
+    (confirmed trial id, config with its fresh seed) pairs (launch/confirm.py). The sampler is
+    never asked."""
+
+    def __init__(
+        self,
+        study: SearchStudy,
+        plan: list[tuple[str, dict[str, Any]]],
+        *,
+        continuing: list[int],
+        metric: str,
+    ):
+        super().__init__(study, None, num_samples=0, continuing=continuing, metric=metric)
+        self.plan = deque(plan)
+
+    def trials_to_run(self) -> int:
+        """How many trials this searcher will hand out."""
+        return len(self.continuing) + len(self.plan)
+
+    def new_trial(self) -> tuple[int, dict[str, Any], str | None] | None:
+        """The plan's next trial, asked as a confirmation of its search trial; else None."""
+        if not self.plan:
+            return None
+        confirms, config = self.plan.popleft()
+        return *self.study.ask(lambda trial: config, confirms=confirms), confirms

@@ -68,6 +68,11 @@ class SearchSettings:
     max_failures: int = 2
     time_budget_s: float | None = None
     compute_budget: float | None = None  # training FLOPs over all trials; then the search stops
+    # The confirmation stage (launch/confirm.py): rerun the best `confirm_top` search trials of
+    # each architecture with `confirm_seeds` fresh seeds once the search phase has ended. On by
+    # default: a search should end with an answer that one lucky seed cannot make.
+    confirm_top: int = 1
+    confirm_seeds: int = 3
     optuna_storage: str | None = None  # an Optuna RDB URL; default SQLite in the experiment
     wandb: str = "off"
     fail_at_step: int | None = None  # tests only: every trial fails once after this step
@@ -166,6 +171,15 @@ def validate(settings: SearchSettings) -> None:
         _positive("time_budget", settings.time_budget_s)
     if settings.compute_budget is not None:
         _positive("compute_budget", settings.compute_budget)
+    if settings.confirm_top < 0 or settings.confirm_seeds < 0:
+        raise PicoError("--confirm-top and --confirm-seeds must be >= 0")
+    if (settings.confirm_top > 0) != (settings.confirm_seeds > 0):
+        raise PicoError(
+            "--confirm-top and --confirm-seeds go together: e.g. --confirm-top 1 "
+            "--confirm-seeds 3 (or both 0: no confirmation)"
+        )
+    if settings.confirm_seeds == 1:
+        raise PicoError("--confirm-seeds must be at least 2: one seed gives no spread")
     if settings.gpus_per_trial < 0 or settings.max_failures < 0:
         raise PicoError("--gpus-per-trial and --max-failures must be >= 0")
     if settings.reduction_factor <= 1:

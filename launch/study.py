@@ -5,6 +5,11 @@ parameters and exact config (`config`), its Pico status (launch/status.py), its 
 values, final values, error and retries, and ASHA's rung records (`asha_rung_<step>`). Only the
 driver writes it, through `SearchStudy`; trials write only their own folders (launch/storage.py).
 
+A trial belongs to a phase: `search` (the sampler's, the default) or `confirm` (a rerun of a
+search trial's config with a fresh seed, `confirms` naming that trial: launch/confirm.py). The
+confirmation runs only after the search phase has asked for all its trials, so no sampler decision
+ever sees a confirmation trial, and search-phase counts (`asked`) leave them out.
+
 The study lives in SQLite inside the experiment folder (`study.db`), or in the database that
 `--optuna-storage` names (PostgreSQL or MySQL on a cluster). A database URL's password is never
 stored or printed: `redact` shows it as `***`, and the manifest keeps the URL without it, so that a
@@ -35,12 +40,20 @@ ERROR_ATTR = "error"
 RETRIES_ATTR = "retries"
 LAST_STEP_ATTR = "last_step"
 RUNG_ATTR = "asha_rung_{:g}"
+PHASE_ATTR = "phase"
+CONFIRMS_ATTR = "confirms"
+SEARCH, CONFIRM = "search", "confirm"
 _STARTED = tuple(state for state in TrialState if state != TrialState.WAITING)
 
 
 def trial_id_of(number: int) -> str:
     """The trial id Pico shows (results file, trial folder) for Optuna trial `number`."""
     return f"{number:05d}"
+
+
+def phase_of(trial: FrozenTrial) -> str:
+    """The phase of a trial: `search` unless it was asked as a confirmation."""
+    return trial.user_attrs.get(PHASE_ATTR, SEARCH)
 
 
 def number_of(trial_id: str) -> int:
@@ -198,6 +211,10 @@ class SearchStudy:
         attrs = self.study.user_attrs
         return {**attrs.get(METADATA_ATTR, {}), ENDED_AT_ATTR: attrs.get(ENDED_AT_ATTR)}
 
+    def save_settings(self, settings: dict[str, Any]) -> None:
+        """Replace the stored settings (a resume that asks for a confirmation stage)."""
+        self.study.set_user_attr(SETTINGS_ATTR, settings)
+
     def mark_ended(self, when: str) -> None:
         """Record that the search has ended (every trial finished, or a budget ran out)."""
         self.study.set_user_attr(ENDED_AT_ATTR, when)
@@ -208,14 +225,32 @@ class SearchStudy:
         """Every trial, in order of creation."""
         return self.study.get_trials(deepcopy=False)
 
-    def asked(self) -> int:
-        """How many trials were created with a config (enqueued ones wait until asked)."""
-        return sum(CONFIG_ATTR in t.user_attrs for t in self.trials())
+    def asked(self, phase: str = SEARCH) -> int:
+        """How many trials of `phase` were created with a config (enqueued ones wait until
+        asked)."""
+        return sum(CONFIG_ATTR in t.user_attrs and phase_of(t) == phase for t in self.trials())
 
-    def unfinished(self) -> list[int]:
-        """Numbers of the trials that were given a config and have not ended."""
+    def unfinished(self, phase: str | None = None) -> list[int]:
+        """Numbers of the trials (of `phase`, or all) that were given a config and have not
+        ended."""
         running = self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
-        return [t.number for t in running if CONFIG_ATTR in t.user_attrs]
+        return [
+            t.number
+            for t in running
+            if CONFIG_ATTR in t.user_attrs and phase in (None, phase_of(t))
+        ]
+
+    def confirms(self, number: int) -> str | None:
+        """The trial id that trial `number` confirms (None for a search trial)."""
+        return self.storage.get_trial_user_attrs(self._storage_id(number)).get(CONFIRMS_ATTR)
+
+    def confirmations(self) -> set[tuple[str, int]]:
+        """(confirmed trial id, seed) of every confirmation trial asked so far."""
+        return {
+            (t.user_attrs[CONFIRMS_ATTR], t.user_attrs[CONFIG_ATTR]["seed"])
+            for t in self.trials()
+            if CONFIG_ATTR in t.user_attrs and phase_of(t) == CONFIRM
+        }
 
     def unconfigured(self) -> list[int]:
         """Numbers of the trials created without a config: the driver died between creating a
@@ -223,17 +258,28 @@ class SearchStudy:
         running = self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
         return [t.number for t in running if CONFIG_ATTR not in t.user_attrs]
 
-    def ask(self, make_config: Callable[[optuna.Trial], dict[str, Any]]) -> tuple[int, dict]:
+    def ask(
+        self,
+        make_config: Callable[[optuna.Trial], dict[str, Any]],
+        *,
+        confirms: str | None = None,
+    ) -> tuple[int, dict]:
         """Create a trial (an enqueued one first) and store its exact config; returns its number
-        and config. A trial left without its config (`unconfigured`) gets one first, in its own
-        place, so that it does not stay in the study beside the trial that replaces it."""
+        and config. With `confirms` (a trial id) it is a confirmation trial of that trial. A
+        trial left without its config (`unconfigured`) gets one first, in its own place, so that
+        it does not stay in the study beside the trial that replaces it."""
         if self._unconfigured is None:
             self._unconfigured = self.unconfigured()
         if self._unconfigured:
             number = self._unconfigured.pop(0)
             trial = optuna.Trial(self.study, self._storage_id(number))
+            reused = True
         else:
             trial = self.study.ask()
+            reused = False
+        if confirms is not None or reused:  # the phase first: the config marks it complete
+            trial.set_user_attr(PHASE_ATTR, CONFIRM if confirms is not None else SEARCH)
+            trial.set_user_attr(CONFIRMS_ATTR, confirms)
         config = make_config(trial)
         trial.set_user_attr(CONFIG_ATTR, config)
         return trial.number, config

@@ -40,6 +40,9 @@ class TrialSettings:
     # Tests only: raise once, right after the checkpoint of the first evaluation at or past this
     # step, on the first attempt (a trial that has a checkpoint to resume from never raises).
     fail_at_step: int | None = None
+    # The search trial whose config a confirmation trial reruns with a fresh seed (the study's
+    # `confirms`): the recorder reads it; training does not depend on it.
+    confirms: str | None = None
 
 
 class InjectedFailure(RuntimeError):

@@ -56,7 +56,7 @@ MAX_STEPS, EVAL_INTERVAL = 1200, 200
 SEARCH_FLAGS = [
     "--space", "tiny", "--corpus", "3seqs", "--tokenizer", "char", "--sampler", "random",
     "--scheduler", "fifo", "--max-steps", str(MAX_STEPS), "--eval-interval", str(EVAL_INTERVAL),
-    "--eval-tokens", "256", "--cpus-per-trial", "1", "--max-failures", "2",
+    "--eval-tokens", "256", "--cpus-per-trial", "1", "--max-failures", "2", "--no-confirm",
 ]  # fmt: skip
 
 

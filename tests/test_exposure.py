@@ -159,7 +159,7 @@ def test_local_search_listens_on_loopback_and_leaks_no_aws_key(repo_root):
             "--num-samples", "2", "--max-steps", "60", "--eval-interval", "20",
             "--eval-tokens", "128", "--grace-period", "20", "--corpus", "3seqs",
             "--tokenizer", "char", "--storage", str(root / "work" / "exp"), "--name", "canary",
-            "--cache-dir", str(root / "work" / "cache"),
+            "--cache-dir", str(root / "work" / "cache"), "--no-confirm",
         ]  # fmt: skip
         process = subprocess.Popen(
             command, cwd=root / "work", env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,

@@ -73,6 +73,8 @@ def search(ray_session, tmp_path_factory) -> dict:
         max_docs=MAX_DOCS,
         cache_dir=str(root / "cache"),
         max_concurrent=1,
+        confirm_top=0,
+        confirm_seeds=0,
         cpus_per_trial=1,
     )
     with pytest.MonkeyPatch.context() as patch:

@@ -23,6 +23,7 @@ from launch.study import SearchStudy
 TINY_RUN = [
     "--space", "tiny", "--max-steps", "60", "--eval-interval", "10", "--eval-tokens", "256",
     "--grace-period", "10", "--corpus", "3seqs", "--tokenizer", "char", "--no-dashboard", "-q",
+    "--no-confirm",
 ]  # fmt: skip
 
 

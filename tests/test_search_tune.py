@@ -79,6 +79,8 @@ def tiny_settings(tmp_path, **changes) -> SearchSettings:
         "sampler": "random",
         "max_concurrent": 2,
         "cpus_per_trial": 1,
+        "confirm_top": 0,
+        "confirm_seeds": 0,
     }
     return SearchSettings(**{**values, **changes})
 
