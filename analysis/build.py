@@ -18,7 +18,7 @@ from analysis import charts_results as cr
 from analysis import tables
 from analysis.importance import importance, method_name
 from analysis.load import LOSS_GROUP_COLUMNS, Results, label
-from analysis.page import Figure, Section, render_page, write_pngs
+from analysis.page import Figure, Section, answer, render_page, warning, write_pngs
 from analysis.regression import fit_loss
 from pico.files import write_atomic
 
@@ -60,6 +60,7 @@ def build_sections(
     """Every section of the report, in reading order; problems are appended to `notes`."""
     steps = [
         ("overview", _overview),
+        ("confirmation", _confirmation),
         ("Pareto frontiers", _pareto),
         ("best trials", _best),
         ("learning curves", _curves),
@@ -84,6 +85,63 @@ def _overview(results: Results, options: Options, notes: list[str]) -> Section:
     return Section("Overview", _comparability(results), items)
 
 
+def _confirmation(results: Results, options: Options, notes: list[str]) -> Section:
+    found = results.confirmation
+    if found.empty:
+        intro = (
+            "This file has no confirmation trials: every loss in this report is one run on one "
+            "seed, so two trials that differ by less than the seed-to-seed noise (unknown here) "
+            "may differ by luck alone, and the best trial is partly the luckiest. The search's "
+            "confirmation stage reruns the best configs of each architecture on fresh seeds and "
+            "fills this section."
+        )
+        return Section("Confirmation", intro)
+    chart = cr.confirmed_chart(found.summary, found.runs, found.loss, found.floor)
+    items: list[Figure | str] = [
+        answer(found.answer),
+        Figure.of("confirmed", chart),
+        tables.html_table(
+            tables.confirmation_table(found.summary, found.metrics),
+            "Confirmed configs: final loss over fresh seeds (completed runs only)",
+        ),
+    ]
+    if len(found.comparisons):
+        caption = "Comparisons on shared seeds, Holm-corrected over all of them"
+        items.append(tables.html_table(tables.comparison_table(found.comparisons), caption))
+    intro = (
+        "The best configs of each architecture, rerun to the end on fresh seeds shared by all of "
+        "them. Each gets its mean with a 95% Student-t interval, and the gap between its search "
+        "score and that mean (the winner's curse: the search picks the luckiest draws). Configs "
+        "are compared by paired t-tests on the seeds they share (Welch's test where they share "
+        "none): each architecture's best (the config its search ranked first) against the other "
+        "architectures' best, and against its other confirmed configs. The p-values are "
+        "adjusted with Holm's method over all those comparisons, so that the chance of calling "
+        "any one of them real by luck stays under 5%. Methods: docs/statistics.md."
+    )
+    return Section("Confirmation", intro, items)
+
+
+def _confirmed_points(results: Results, y: str, x: str) -> pd.DataFrame | None:
+    """Each confirmed config at its mean x and mean y, with the y interval (Pareto overlay)."""
+    found = results.confirmation
+    if found.empty or y != results.loss:
+        return None
+    summary = found.summary
+    mean_x = found.runs.groupby("confirms")[x].mean()
+    points = pd.DataFrame(
+        {
+            "config": summary["arch"] + " " + summary["config"],
+            "arch": summary["arch"],
+            "n": summary["n"],
+            x: summary["config"].map(mean_x),
+            y: summary[f"{y}_mean"],
+            "low": summary[f"{y}_low"],
+            "high": summary[f"{y}_high"],
+        }
+    )
+    return points.dropna(subset=[x, y])
+
+
 def _pareto(results: Results, options: Options, notes: list[str]) -> Section:
     loss = results.loss
     pairs = [(options.objectives, options.maximize)]
@@ -94,7 +152,16 @@ def _pareto(results: Results, options: Options, notes: list[str]) -> Section:
         if not usable.any():
             notes.append(f"Pareto chart over {', '.join(objectives)}: no trial has them all.")
             continue
-        chart, front = cr.pareto_chart(results.points, objectives, maximize, options.seed)
+        y, x = objectives[0], objectives[1]
+        floor = results.confirmation.floor if y == loss else None
+        chart, front = cr.pareto_chart(
+            results.points,
+            objectives,
+            maximize,
+            options.seed,
+            _confirmed_points(results, y, x),
+            floor,
+        )
         items.append(Figure.of("pareto_" + "_".join(objectives), chart))
         if objectives == options.objectives:
             table = tables.frontier_table(front, results.points, results.hparams)
@@ -112,7 +179,9 @@ def _pareto(results: Results, options: Options, notes: list[str]) -> Section:
 
 def _best(results: Results, options: Options, notes: list[str]) -> Section:
     points, loss = results.points, results.loss
-    best = tables.best_configs(points, loss, results.hparams, str(results.path))
+    best = tables.best_configs(
+        points, loss, results.hparams, str(results.path), results.confirmation.summary
+    )
     items: list[Figure | str] = [tables.html_table(best, f"Best trial per architecture by {loss}")]
     items.append(Figure.of("perplexity_accuracy", cr.perplexity_accuracy_chart(points, loss)))
     for arch in results.archs:
@@ -134,7 +203,7 @@ def _best(results: Results, options: Options, notes: list[str]) -> Section:
 def _curves(results: Results, options: Options, notes: list[str]) -> Section:
     chart = cr.learning_curves_chart(results.curves, results.points, results.loss, results.archs)
     items: list[Figure | str] = [Figure.of("learning_curves", chart)]
-    items.append(Figure.of("asha_rungs", cr.rungs_chart(results.trials)))
+    items.append(Figure.of("asha_rungs", cr.rungs_chart(results.search_trials)))
     intro = (
         "Validation loss at every evaluation of each trial. A triangle marks the last "
         "evaluation of a trial that ASHA stopped, coloured by the rung it reached; the bar "
@@ -155,13 +224,17 @@ def _importance(results: Results, options: Options, notes: list[str]) -> Section
             notes.append(f"Importance for {arch}: {imp.reason}.")
         else:
             found.append(imp)
-    items: list[Figure | str] = []
+    items: list[Figure | str] = [
+        warning(f"Importance for {imp.arch}: {imp.warning}.") for imp in found if imp.warning
+    ]
     if found:
         items.append(Figure.of("importance", ch.importance_chart(found, name, results.loss)))
     intro = (
-        f"Optuna's {name} evaluator on a study rebuilt from the file, one per architecture. Each "
-        "parameter an architecture does not use is absent from its trials, as in the search. "
-        "Choose the evaluator with <code>--importance ped-anova|fanova</code>."
+        f"Optuna's {name} evaluator on a study rebuilt from the file's search trials, one per "
+        "architecture. Each parameter an architecture does not use is absent from its trials, "
+        "as in the search. The whiskers show how much each share moves when the trials are "
+        "resampled: a ranking whose whiskers overlap is not settled. Choose the evaluator with "
+        "<code>--importance ped-anova|fanova</code>."
     )
     return Section("Hyperparameter importance", intro, items)
 
@@ -174,14 +247,24 @@ def _effects(results: Results, options: Options, notes: list[str]) -> Section:
         notes.append("Correlation matrix: it needs two columns that vary over >= 3 trials.")
     else:
         items.append(Figure.of("correlation", corr))
+    floor = results.confirmation.floor
     for arch in results.archs:
         sub = points[points["arch"] == arch]
-        heat = ch.heatmap_chart(sub, results.arch_hparams(arch), loss, arch)
+        heat = ch.heatmap_chart(sub, results.arch_hparams(arch), loss, arch, floor)
         if heat is None:
             pairs = ", ".join(f"{a} x {b}" for a, b in ch.HEATMAP_PAIRS)
             notes.append(f"Heatmaps for {arch}: none of the pairs {pairs} varies together.")
-        else:
-            items.append(Figure.of(f"heatmaps_{arch}", heat))
+            continue
+        sparse = ch.sparse_heatmaps(sub, results.arch_hparams(arch), loss)
+        if sparse:
+            items.append(
+                warning(
+                    f"Heatmaps for {arch}: most cells hold fewer than {ch.MIN_TRIALS_PER_CELL} "
+                    f"trials in {', '.join(sparse)}. A cell's colour is then one or two runs, "
+                    "and neighbouring cells differ by the seed as much as by the parameters."
+                )
+            )
+        items.append(Figure.of(f"heatmaps_{arch}", heat))
     cats = ch.categorical_chart(points, hparams, loss)
     if cats is None:
         notes.append("Loss by categorical hyperparameter: no categorical hyperparameter varies.")
@@ -191,6 +274,8 @@ def _effects(results: Results, options: Options, notes: list[str]) -> Section:
     if fit.reason:
         notes.append(f"Regression: {fit.reason}.")
     else:
+        if fit.warning:
+            items.append(warning(f"Regression: {fit.warning}."))
         items.append(Figure.of("regression", ch.regression_charts(points, fit, loss)))
     intro = (
         "How each hyperparameter moves the loss: rank correlations, the best loss over pairs of "
@@ -231,10 +316,13 @@ def _title(results: Results) -> str:
 def _summary(results: Results) -> str:
     n_rows = len(results.curves)
     generated = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
+    n_search = len(results.search_trials)
+    confirmations = len(results.trials) - n_search
+    also = f" and {confirmations} confirmation trials" if confirmations else ""
     return html.escape(
-        f"{results.path.name}: {len(results.trials)} trials ({len(results.points)} with a usable "
-        f"final evaluation), {n_rows} evaluations, architectures {', '.join(results.archs)}. "
-        f"Generated {generated}."
+        f"{results.path.name}: {n_search} search trials ({len(results.points)} with a usable "
+        f"final evaluation){also}, {n_rows} evaluations, architectures "
+        f"{', '.join(results.archs)}. Generated {generated}."
     )
 
 

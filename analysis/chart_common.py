@@ -7,6 +7,7 @@ import numpy as np
 import pandas as pd
 
 from pico.config import ARCHS
+from pico.stats import NoiseFloor
 
 # Altair refuses more than 5000 rows of inline data per chart (MaxRowsError). Each data set we
 # embed stays well under it: past a few thousand marks a chart says no more, and the page and
@@ -79,6 +80,26 @@ def scale_for(values: pd.Series) -> alt.Scale:
         # Not "nice": a nice log domain rounds out to whole decades and squashes the data.
         return alt.Scale(type="log", nice=False, padding=10)
     return alt.Scale(zero=False)
+
+
+def noise_band(field: str, low: float, high: float) -> alt.Chart:
+    """A grey band across the whole chart from `low` to `high` on the y axis `field`."""
+    band = pd.DataFrame({field: [low], "band_end": [high]})
+    return (
+        alt.Chart(band)
+        .mark_rect(color="#888", opacity=0.18)
+        .encode(y=alt.Y(f"{field}:Q", title=field), y2="band_end:Q")
+    )
+
+
+def noise_text(floor: NoiseFloor, reference: str) -> list[str]:
+    """What the noise band means, in two subtitle lines."""
+    return [
+        f"Grey band: the noise floor, {floor.band:.4f} from {reference}: two runs of one config "
+        "on different seeds differ by less 95% of the time",
+        f"(seed-to-seed sd {floor.sd:.4f}, from {floor.runs} confirmation runs). A trial inside "
+        f"it is not distinguishable from {reference} by one run each.",
+    ]
 
 
 def titled(text: str, subtitle: str | list[str] = "") -> alt.TitleParams:

@@ -21,6 +21,7 @@ from analysis.chart_common import (
 from analysis.importance import Importance
 from analysis.load import hp_kind, label
 from analysis.regression import Fit
+from pico.stats import NoiseFloor
 
 # Pairs of hyperparameters worth a heatmap, when both vary within an architecture.
 HEATMAP_PAIRS = (
@@ -32,37 +33,75 @@ HEATMAP_PAIRS = (
 )
 HEATMAP_BINS = 6  # a numeric axis with more distinct values than MAX_LEVELS is binned (log)
 MAX_LEVELS = 10
+# A cell's colour is its best trial. With one or two trials in most cells that best is a single
+# noisy draw, and cells differ by the seed as much as by the parameters: the page warns.
+MIN_TRIALS_PER_CELL = 3
 METRICS = ("perplexity", "token_accuracy", "n_params", "train_flops", "elapsed_s", "tokens_per_s")
 LOSS_SCHEME = alt.Scale(scheme="viridis", reverse=True)  # dark is low loss, i.e. good
 
 
 def importance_chart(results: list[Importance], method: str, loss: str) -> alt.HConcatChart:
-    """One bar chart per architecture: each parameter's share of the importance."""
+    """One bar chart per architecture: each parameter's share of the importance, with the
+    spread of that share over bootstrap resamples of the trials (when computed)."""
     charts = []
     for imp in results:
-        df = pd.DataFrame({"parameter": list(imp.values), "importance": list(imp.values.values())})
-        sampled = f", a random {imp.n_used} of {imp.n_total}" if imp.n_used < imp.n_total else ""
-        charts.append(
+        names = list(imp.values)
+        df = pd.DataFrame(
+            {
+                "parameter": names,
+                "importance": [imp.values[p] for p in names],
+                "low": [imp.low.get(p) for p in names],
+                "high": [imp.high.get(p) for p in names],
+            }
+        )
+        y = alt.Y("parameter:N", sort=names, title=None)
+        tooltip = ["parameter", alt.Tooltip("importance:Q", format=".3f")]
+        layers = [
             alt.Chart(df)
-            .mark_bar()
-            .encode(
-                x=alt.X("importance:Q", title="importance (sums to 1)"),
-                y=alt.Y("parameter:N", sort="-x", title=None),
-                tooltip=["parameter", alt.Tooltip("importance:Q", format=".3f")],
+            .mark_bar(opacity=0.4 if imp.warning else 1.0)
+            .encode(x=alt.X("importance:Q", title="importance (sums to 1)"), y=y, tooltip=tooltip)
+        ]
+        if imp.resamples:
+            tooltip += [alt.Tooltip("low:Q", format=".3f"), alt.Tooltip("high:Q", format=".3f")]
+            layers.append(
+                alt.Chart(df)
+                .mark_errorbar(ticks=True, color="black")
+                .encode(x=alt.X("low:Q", title="importance (sums to 1)"), x2="high:Q", y=y)
             )
-            .properties(
-                width=260,
-                height=22 * len(df),
-                title=titled(imp.arch, f"{imp.n_total} trials{sampled}"),
+        charts.append(
+            alt.layer(*layers).properties(
+                width=260, height=22 * len(df), title=titled(imp.arch, _importance_lines(imp))
             )
         )
+    spread = (
+        "Whiskers: the 5th to 95th percentile of each share over bootstrap resamples of the "
+        "trials (seed 0)."
+        if any(imp.resamples for imp in results)
+        else f"No spread: {method} is too slow to refit on resamples."
+    )
     return alt.hconcat(*charts).properties(
         title=titled(
             f"Hyperparameter importance ({method}, optuna {optuna.__version__})",
-            f"Importance for a low final {loss}, over completed and early-stopped trials "
-            "(early-stopped ones at their last evaluation).",
+            [
+                f"Importance for a low final {loss}, over completed and early-stopped search "
+                "trials (early-stopped ones at their last evaluation).",
+                spread + " Pale bars: too few trials for the ranking to mean much.",
+            ],
         )
     )
+
+
+def _importance_lines(imp: Importance) -> list[str]:
+    """One architecture's subtitle: how many trials and resamples, and its warning."""
+    sampled = f", a random {imp.n_used} of {imp.n_total}" if imp.n_used < imp.n_total else ""
+    lines = [f"{imp.n_total} trials{sampled}"]
+    if imp.resamples:
+        of = f" of {imp.resample_size} trials" if imp.resample_size < imp.n_used else ""
+        wider = " (spread of that many: wider than the bars')" if of else ""
+        lines.append(f"spread: {imp.resamples} resamples{of}{wider}")
+    if imp.warning:
+        lines.append("⚠ too few trials to trust (see the warning above)")
+    return lines
 
 
 def correlation_chart(points: pd.DataFrame, hparams: list[str], loss: str) -> alt.Chart | None:
@@ -110,29 +149,52 @@ def correlation_chart(points: pd.DataFrame, hparams: list[str], loss: str) -> al
     )
 
 
-def heatmap_chart(df: pd.DataFrame, hparams: list[str], loss: str, arch: str) -> alt.Chart | None:
-    """Best (lowest) loss in each cell of each pair of hyperparameters, for one architecture."""
+def heatmap_pairs(hparams: list[str]) -> list[tuple[str, str]]:
+    """The HEATMAP_PAIRS (as hp_ columns) whose two parameters both vary."""
     names = {label(c): c for c in hparams}
-    pairs = [(a, b) for a, b in HEATMAP_PAIRS if a in names and b in names]
-    charts = [_heatmap(df, names[a], names[b], loss) for a, b in pairs]
+    return [(names[a], names[b]) for a, b in HEATMAP_PAIRS if a in names and b in names]
+
+
+def heatmap_chart(
+    df: pd.DataFrame, hparams: list[str], loss: str, arch: str, floor: NoiseFloor | None = None
+) -> alt.Chart | None:
+    """Best (lowest) loss in each cell of each pair of hyperparameters, for one architecture."""
+    charts = [_heatmap(df, a, b, loss) for a, b in heatmap_pairs(hparams)]
     if not charts:
         return None
+    subtitle = [f"Colour: the lowest {loss} in the cell; the number: how many trials."]
+    if floor is not None and floor.df:
+        subtitle.append(
+            f"Cells whose best differ by less than {floor.band:.4f} (the noise floor: two runs "
+            "of one config on different seeds differ by that much 95% of the time) may differ "
+            "by the seed alone."
+        )
     return (
         alt.hconcat(*charts)
         .resolve_scale(color="independent")
-        .properties(
-            title=titled(
-                f"{arch}: best {loss} over pairs of hyperparameters",
-                f"Colour: the lowest {loss} in the cell; the number: how many trials.",
-            )
-        )
+        .properties(title=titled(f"{arch}: best {loss} over pairs of hyperparameters", subtitle))
     )
 
 
-def _heatmap(df: pd.DataFrame, a: str, b: str, loss: str) -> alt.Chart:
+def sparse_heatmaps(df: pd.DataFrame, hparams: list[str], loss: str) -> list[str]:
+    """The heatmap panels most of whose cells hold fewer than MIN_TRIALS_PER_CELL trials."""
+    sparse = []
+    for a, b in heatmap_pairs(hparams):
+        median = _cells(df, a, b, loss)[1]["trials"].median()
+        if median < MIN_TRIALS_PER_CELL:
+            sparse.append(f"{label(a)} x {label(b)} (median {median:g})")
+    return sparse
+
+
+def _cells(df: pd.DataFrame, a: str, b: str, loss: str) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Each trial's cell (levels of a and b) and the grid: best, median and count per cell."""
     cells = pd.DataFrame({"a": _levels(df[a]), "b": _levels(df[b]), loss: df[loss]}).dropna()
     grid = cells.groupby(["a", "b"], observed=True)[loss].agg(["min", "median", "size"])
-    grid = grid.reset_index().rename(columns={"min": "best", "size": "trials"})
+    return cells, grid.reset_index().rename(columns={"min": "best", "size": "trials"})
+
+
+def _heatmap(df: pd.DataFrame, a: str, b: str, loss: str) -> alt.Chart:
+    cells, grid = _cells(df, a, b, loss)
     order_a, order_b = list(cells["a"].cat.categories), list(cells["b"].cat.categories)
     grid = grid.astype({"a": str, "b": str})
     base = alt.Chart(grid).encode(
@@ -189,7 +251,11 @@ def regression_charts(points: pd.DataFrame, fit: Fit, loss: str, seed: int = 0) 
         .properties(
             title=titled(
                 f"Linear model of {loss}: residuals vs predicted",
-                [f"R² {fit.r2:.3f} over {fit.n} trials; per architecture: {r2}.", sampled],
+                [
+                    f"R² {fit.r2:.3f} over {fit.n} trials; per architecture: {r2}.",
+                    sampled,
+                    "⚠ too few trials to trust (see the warning above)" if fit.warning else "",
+                ],
             )
         )
     )

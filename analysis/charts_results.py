@@ -1,4 +1,5 @@
-"""Charts of outcomes: Pareto frontiers, perplexity vs accuracy, learning curves, ASHA rungs."""
+"""Charts of outcomes: Pareto frontiers, confirmed configs, perplexity vs accuracy, learning
+curves, ASHA rungs."""
 
 from __future__ import annotations
 
@@ -14,6 +15,8 @@ from analysis.chart_common import (
     arch_colour,
     best_rows,
     log_axis,
+    noise_band,
+    noise_text,
     plain,
     sample_rows,
     scale_for,
@@ -22,6 +25,7 @@ from analysis.chart_common import (
     trial_tooltip,
 )
 from analysis.pareto import frontier, frontier_by_group
+from pico.stats import NoiseFloor
 
 DENSITY_BINS = (30, 24)  # log tokens x loss cells for the density of learning curves
 # Completed runs stand out; stopped ones recede (their stop markers carry the colour).
@@ -30,13 +34,21 @@ ARCH_CHART_WIDTH = 330
 
 
 def pareto_chart(
-    points: pd.DataFrame, objectives: list[str], maximize: list[bool], seed: int = 0
+    points: pd.DataFrame,
+    objectives: list[str],
+    maximize: list[bool],
+    seed: int = 0,
+    confirmed: pd.DataFrame | None = None,
+    floor: NoiseFloor | None = None,
 ) -> tuple[alt.Chart, pd.DataFrame]:
     """objectives[0] (y) against objectives[1] (x), non-dominated trials joined by a step line.
 
     The frontier is computed over every objective given (2 or more); the black step line joins
     the frontier over all architectures, the dashed coloured ones each architecture's own.
-    Returns the chart and the frontier's rows.
+    `confirmed` (columns config, arch, the two objectives as means, low and high: the y
+    interval, n) adds each confirmed config as a diamond with its interval; `floor` adds the
+    noise band above the best y. Both only make sense when y is the loss, and only the search
+    trials decide the frontier. Returns the chart and the frontier's rows.
     """
     y, x = objectives[0], objectives[1]
     cols = list(dict.fromkeys(["trial_id", "arch", "status", "rung", *objectives]))
@@ -72,16 +84,105 @@ def pareto_chart(
         layers = [arch_lines.encode(color=colour, order=f"{x}:Q"), all_line, *layers]
     n_front = int(df["frontier"].sum())
     subtitle = [
-        f"{n_front} non-dominated of {len(df)} trials (large, outlined) over "
+        f"{n_front} non-dominated of {len(df)} search trials (large, outlined) over "
         f"{', '.join(_directed(o, m) for o, m in zip(objectives, maximize, strict=True))}.",
         "Black: the frontier over all architectures; dashed: each architecture's own. "
         "Triangles are trials that ASHA stopped early, at their last evaluation.",
         sampled,
     ]
+    if confirmed is not None and len(confirmed):
+        layers += _confirmed_layers(plain(confirmed), enc["x"], y, colour)
+        subtitle.append(
+            f"Diamonds: the {len(confirmed)} confirmed configs, mean over their seeds with its "
+            "95% interval."
+        )
+    if floor is not None and floor.df:
+        best = df[y].max() if maximize[0] else df[y].min()
+        edge = best - floor.band if maximize[0] else best + floor.band
+        layers.insert(0, noise_band(y, best, edge))
+        subtitle += noise_text(floor, "the best trial")
     chart = alt.layer(*layers).properties(
         width=WIDTH, height=HEIGHT, title=titled(f"Pareto frontier: {y} vs {x}", subtitle)
     )
     return chart, df[df["frontier"]].sort_values(x)
+
+
+def _confirmed_layers(
+    confirmed: pd.DataFrame, x: alt.X, y: str, colour: alt.Color
+) -> list[alt.Chart]:
+    """Each confirmed config as a diamond at its mean, with a rule over its interval."""
+    base = alt.Chart(confirmed).encode(x=x)
+    bars = base.mark_rule(strokeWidth=2).encode(
+        y=alt.Y("low:Q", title=y), y2="high:Q", color=colour
+    )
+    means = base.mark_point(
+        shape="diamond", filled=True, size=120, stroke="black", strokeWidth=1, opacity=1
+    ).encode(
+        y=alt.Y(f"{y}:Q", title=y),
+        color=colour,
+        tooltip=["config", "arch", "n", alt.Tooltip(f"{y}:Q", format=".4f"), "low", "high"],
+    )
+    return [bars, means]
+
+
+def confirmed_chart(
+    summary: pd.DataFrame, runs: pd.DataFrame, loss: str, floor: NoiseFloor
+) -> alt.LayerChart:
+    """Each confirmed config: every seed's final loss, their mean with its 95% interval, and
+    the config's search score, so the winner's curse shows as the gap between the two."""
+    label = summary["arch"] + " " + summary["config"]
+    order = list(label)
+    configs = pd.DataFrame(
+        {
+            "config": label,
+            "arch": summary["arch"],
+            "n": summary["n"],
+            "mean": summary[f"{loss}_mean"],
+            "low": summary[f"{loss}_low"],
+            "high": summary[f"{loss}_high"],
+            "search": summary[f"search_{loss}"],
+        }
+    )
+    names = dict(zip(summary["config"], label, strict=True))
+    seeds = pd.DataFrame(
+        {"config": runs["confirms"].map(names), "seed": runs["seed"], loss: runs[loss]}
+    )
+    y = alt.Y("config:N", sort=order, title=None)
+    x_title = f"final {loss}"
+    colour = alt.Color("arch:N", scale=arch_colour(sorted(configs["arch"].unique())))
+    base = alt.Chart(plain(configs)).encode(y=y)
+    interval = base.mark_rule(strokeWidth=3).encode(
+        x=alt.X("low:Q", scale=alt.Scale(zero=False), title=x_title), x2="high:Q", color=colour
+    )
+    mean = base.mark_point(shape="diamond", filled=True, size=140, opacity=1).encode(
+        x=alt.X("mean:Q", title=x_title),
+        color=colour,
+        tooltip=["config", "n", alt.Tooltip("mean:Q", format=".4f"), "low", "high", "search"],
+    )
+    search = base.mark_point(shape="cross", size=90, color="black", opacity=0.8).encode(
+        x=alt.X("search:Q", title=x_title), tooltip=["config", "search"]
+    )
+    dots = (
+        alt.Chart(plain(seeds))
+        .mark_circle(size=25, color="#666", opacity=0.6)
+        .encode(x=alt.X(f"{loss}:Q", title=x_title), y=y, tooltip=["config", "seed", loss])
+    )
+    subtitle = [
+        "Diamond: the mean over the config's seeds, with its 95% t-interval; grey dots: each "
+        "seed's run; black cross: its search score (left of the diamond: the search was lucky, "
+        "the winner's curse).",
+        "Each architecture's first row is the config its search ranked best.",
+    ]
+    if floor.df:
+        subtitle.append(
+            f"Seed-to-seed sd {floor.sd:.4f} (pooled over {floor.runs} runs of "
+            f"{floor.configs} configs)."
+        )
+    return alt.layer(interval, dots, search, mean).properties(
+        width=WIDTH,
+        height=max(26 * len(configs), 80),
+        title=titled(f"Confirmed configs: final {loss} over fresh seeds", subtitle),
+    )
 
 
 def perplexity_accuracy_chart(points: pd.DataFrame, loss: str, seed: int = 0) -> alt.Chart:

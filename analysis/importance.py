@@ -4,12 +4,16 @@ The results file holds everything Optuna needs: each usable trial becomes a `Fro
 params are its non-null hp_ columns (so a parameter an architecture does not use is simply absent,
 as in a define-by-run search) and whose value is its final loss. Distributions are inferred from
 the values seen, since the search space itself is not in the file.
+
+An importance from a few dozen trials is mostly noise, so each comes with its spread (the
+importance recomputed on bootstrap resamples of the trials) and a warning when there are too few
+trials for it to mean anything.
 """
 
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import optuna
@@ -33,6 +37,21 @@ METHODS = {
 # the same top four parameters as 3,333; fANOVA fits random forests and is capped lower.
 MAX_TRIALS = {"ped-anova": 1000, "fanova": 300}
 MIN_TRIALS = 2
+# Too few trials for an importance to mean anything: fewer than 10 per parameter (the common rule
+# of thumb for fitting a model on that many inputs, Peduzzi et al. 1996), and for PED-ANOVA
+# fewer than 50, Optuna's own advice: at least 5 trials in its top-10% quantile.
+TRIALS_PER_PARAMETER = 10
+MIN_TRIALS_TO_TRUST = {"ped-anova": 50, "fanova": 0}
+# The spread: the importance recomputed on BOOTSTRAP_RESAMPLES resamples of the trials drawn with
+# replacement (seeded), its 5th to 95th percentile shown. Each resample refits the evaluator
+# (PED-ANOVA: about 4 ms plus 0.25 ms a trial on the 2-core development machine), so resamples
+# hold at most BOOTSTRAP_MAX_TRIALS trials, which keeps the spread under a second per
+# architecture at any size. With more trials than that, the spread shown is that of an estimate
+# from BOOTSTRAP_MAX_TRIALS trials, wider than the bars' own: the chart says so. fANOVA fits
+# random forests, about a second each, and gets no spread.
+BOOTSTRAP_RESAMPLES = 40
+BOOTSTRAP_MAX_TRIALS = 50
+SPREAD = (0.05, 0.95)
 # A numeric column with this few distinct values was searched as a grid: treat it as categorical,
 # because kernel density estimates over a handful of spikes (PED-ANOVA) are artefacts of bandwidth.
 MAX_GRID_VALUES = 8
@@ -47,6 +66,11 @@ class Importance:
     n_used: int  # trials the evaluator saw
     n_total: int  # usable trials of this architecture
     reason: str = ""
+    low: dict[str, float] = field(default_factory=dict)  # SPREAD percentiles over resamples
+    high: dict[str, float] = field(default_factory=dict)
+    resamples: int = 0  # 0: no spread (fANOVA)
+    resample_size: int = 0  # trials per resample
+    warning: str = ""  # set when there are too few trials for the importance to mean much
 
 
 def method_name(method: str) -> str:
@@ -83,13 +107,65 @@ def importance(
     if n_total > MAX_TRIALS[method]:
         df = df.sample(MAX_TRIALS[method], random_state=seed)
     study = rebuild_study(df, hparams, loss)
+    values = _evaluate(study, method, seed)
+    ranked = {k: float(v) for k, v in sorted(values.items(), key=lambda kv: -kv[1])}
+    warning = _warning(n_total, hparams, method)
+    if method == "fanova":
+        return Importance(arch, ranked, len(df), n_total, warning=warning)
+    size = min(len(df), BOOTSTRAP_MAX_TRIALS)
+    draws = _bootstrap(study, method, BOOTSTRAP_RESAMPLES, size, seed)
+    draws = draws.reindex(columns=list(ranked))
+    return Importance(
+        arch,
+        ranked,
+        len(df),
+        n_total,
+        low=draws.quantile(SPREAD[0]).to_dict(),
+        high=draws.quantile(SPREAD[1]).to_dict(),
+        resamples=BOOTSTRAP_RESAMPLES,
+        resample_size=size,
+        warning=warning,
+    )
+
+
+def _evaluate(study: optuna.Study, method: str, seed: int) -> dict[str, float]:
+    """The evaluator's normalised importances on one study."""
     evaluator = METHODS[method][1](seed=seed) if method == "fanova" else METHODS[method][1]()
     with warnings.catch_warnings():
         # Optuna warns about small studies and experimental arguments: the page says n instead.
         warnings.simplefilter("ignore")
-        values = optuna.importance.get_param_importances(study, evaluator=evaluator)
-    ranked = {k: float(v) for k, v in sorted(values.items(), key=lambda kv: -kv[1])}
-    return Importance(arch, ranked, len(df), n_total)
+        return optuna.importance.get_param_importances(study, evaluator=evaluator)
+
+
+def _bootstrap(
+    study: optuna.Study, method: str, resamples: int, size: int, seed: int
+) -> pd.DataFrame:
+    """The importances on `resamples` studies of `size` trials drawn with replacement.
+
+    One row per resample; a parameter a resample gave nothing is 0 there.
+    """
+    trials = study.get_trials(deepcopy=False)
+    rng = np.random.default_rng(seed)
+    draws = []
+    for _ in range(resamples):
+        sample = optuna.create_study(direction="minimize")
+        sample.add_trials([trials[i] for i in rng.integers(0, len(trials), size)])
+        draws.append(_evaluate(sample, method, seed))
+    return pd.DataFrame(draws).fillna(0.0)
+
+
+def _warning(n_trials: int, hparams: list[str], method: str) -> str:
+    """Why the importance cannot be trusted with this few trials ('' when it can)."""
+    needed = max(TRIALS_PER_PARAMETER * len(hparams), MIN_TRIALS_TO_TRUST[method])
+    if n_trials >= needed:
+        return ""
+    rule = f"{TRIALS_PER_PARAMETER} per parameter"
+    if MIN_TRIALS_TO_TRUST[method]:
+        rule += f" and at least {MIN_TRIALS_TO_TRUST[method]} for {method_name(method)}"
+    return (
+        f"only {n_trials} trials for {len(hparams)} parameters: too few for this ranking to "
+        f"mean much (it needs {needed}: {rule})"
+    )
 
 
 def rebuild_study(df: pd.DataFrame, hparams: list[str], loss: str) -> optuna.Study:

@@ -3,12 +3,17 @@
 Every problem that leaves nothing to show raises `PicoError` with one line. Problems that only
 remove part of the data (a NaN metric, a file that mixes corpora) become `notes`, which the report
 prints on the page.
+
+Confirmation trials (`phase` "confirm": a search config rerun on a fresh seed) are kept in
+`trials` but not in `points`: counted among the search's trials they would weigh their config
+several times in every chart of the search.
 """
 
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -18,8 +23,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from analysis.confirmation import Confirmation, confirmation
 from pico.config import ARCHS
 from pico.errors import PicoError
+from pico.stats import is_confirmation
 
 # The columns the report reads, with the kind of type each must have.
 REQUIRED_COLUMNS = {
@@ -76,8 +83,8 @@ class Results:
 
     path: Path
     curves: pd.DataFrame  # every evaluation (CURVE_COLUMNS), sorted by trial and step
-    trials: pd.DataFrame  # one row per trial: its final evaluation, every column
-    points: pd.DataFrame  # the trials whose final evaluation is usable (finite loss)
+    trials: pd.DataFrame  # one row per trial, confirmation ones too: its final evaluation
+    points: pd.DataFrame  # the search trials whose final evaluation is usable (finite loss)
     meta: dict[str, Any]  # the `pico` metadata JSON ({} when absent)
     hparams: list[str]  # hp_ columns that take more than one value among `points`
     loss: str  # "val_loss", or "val_bpb" when the file mixes corpora or tokenizers
@@ -88,6 +95,16 @@ class Results:
         """The architectures with at least one usable trial, in config.ARCHS order."""
         rank = {a: i for i, a in enumerate(ARCHS)}
         return sorted(self.points["arch"].unique(), key=lambda a: (rank.get(a, len(rank)), a))
+
+    @property
+    def search_trials(self) -> pd.DataFrame:
+        """`trials` without the confirmation trials."""
+        return self.trials[~is_confirmation(self.trials)]
+
+    @cached_property
+    def confirmation(self) -> Confirmation:
+        """The confirmation stage's intervals, tests and noise floor (empty if none ran)."""
+        return confirmation(self.trials, self.loss)
 
     def arch_hparams(self, arch: str) -> list[str]:
         """The hp_ columns that vary among this architecture's usable trials."""
@@ -111,7 +128,7 @@ def load_results(path: str | Path, archs: list[str] | None = None) -> Results:
     trials = _to_frame(table.take(pa.array(final_index))).reset_index(drop=True)
     curves = curves.sort_values(["trial_id", "step"], kind="stable").reset_index(drop=True)
 
-    points = _usable(trials, "val_loss", notes, path)
+    points = _usable(trials[~is_confirmation(trials)], "val_loss", notes, path)
     loss = _choose_loss(points, notes)
     if loss != "val_loss":
         points = _usable(points, loss, notes, path)

@@ -45,6 +45,9 @@ h1 { margin-bottom: 0.2em; } h2 { border-bottom: 1px solid #ddd; padding-top: 1e
 .meta { color: #555; } .chart { margin: 1.2em 0; overflow-x: auto; }
 .notes { background: #fff8e1; border: 1px solid #f0c36d; padding: 0.5em 1em; }
 .errors { background: #fdecea; border: 1px solid #e57373; padding: 0.5em 1em; }
+.warning { background: #fff3e0; border-left: 4px solid #ef6c00; padding: 0.4em 0.8em; }
+.answer { background: #f1f8e9; border: 1px solid #9ccc65; padding: 0.5em 1em;
+          white-space: pre-wrap; font: 13px/1.5 ui-monospace, monospace; }
 table.pico-table { border-collapse: collapse; margin: 1em 0; font-size: 13px; }
 .pico-table th, .pico-table td { border: 1px solid #ddd; padding: 3px 8px; text-align: left;
                                  vertical-align: top; }
@@ -133,6 +136,16 @@ def write_pngs(figures: list[Figure], png_dir: Path, log: Callable[[str], None])
         paths.append(path)
     log(f"wrote {len(paths)} PNGs to {png_dir}")
     return paths
+
+
+def warning(text: str) -> str:
+    """A plain warning paragraph for a section: read this before trusting the chart below."""
+    return f'<p class="warning"><strong>Warning:</strong> {html.escape(text)}</p>'
+
+
+def answer(lines: list[str]) -> str:
+    """The confirmation stage's answer, as the search prints it."""
+    return f'<pre class="answer">{html.escape(chr(10).join(lines))}</pre>'
 
 
 def _section_html(section: Section, png_dir_rel: str) -> str:

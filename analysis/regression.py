@@ -5,6 +5,10 @@ multiplicatively), standardised so that coefficients compare across parameters. 
 (strings, booleans) are one-hot against their most common value. A parameter an architecture does
 not use is 0 there: its effect is then carried by that architecture's one-hot column. The log of
 tokens seen enters too, so that early-stopped trials (trained for less) do not bias the rest.
+
+With fewer than TRIALS_PER_TERM trials per term the fit is mostly noise (the common rule of thumb
+of about 10 observations per predictor, Peduzzi et al. 1996; Harrell, Regression Modeling
+Strategies): it is still drawn, with a warning.
 """
 
 from __future__ import annotations
@@ -15,6 +19,8 @@ import numpy as np
 import pandas as pd
 
 from analysis.load import hp_kind, label
+
+TRIALS_PER_TERM = 10
 
 
 @dataclass
@@ -28,6 +34,7 @@ class Fit:
     r2: float = float("nan")
     r2_by_arch: dict[str, float] = field(default_factory=dict)
     reason: str = ""
+    warning: str = ""  # set when there are too few trials per term for the fit to mean much
 
 
 def fit_loss(points: pd.DataFrame, hparams: list[str], loss: str) -> Fit:
@@ -46,7 +53,14 @@ def fit_loss(points: pd.DataFrame, hparams: list[str], loss: str) -> Fit:
         for arch in sorted(points["arch"].unique())
         if (mask := (points["arch"] == arch).to_numpy()).sum() > 1
     }
-    return Fit(n, terms, beta[1:], predicted, _r2(y, predicted), by_arch)
+    warning = ""
+    if n < TRIALS_PER_TERM * p:
+        warning = (
+            f"only {n} trials for {p} terms: too few for these coefficients to mean much (it "
+            f"needs {TRIALS_PER_TERM * p}, {TRIALS_PER_TERM} per term); with this few, R² "
+            "flatters the fit"
+        )
+    return Fit(n, terms, beta[1:], predicted, _r2(y, predicted), by_arch, warning=warning)
 
 
 def design_matrix(points: pd.DataFrame, hparams: list[str]) -> tuple[list[str], np.ndarray]:

@@ -2,7 +2,9 @@
 
 The losses follow a made-up but plausible law: wider, deeper models and a learning rate near 3e-3
 do better, the Transformer beats the LSTM beats the K-gram MLP, and every learning curve decays
-as a power of the tokens seen. An ASHA-like pass stops the worse trials at each rung.
+as a power of the tokens seen. An ASHA-like pass stops the worse trials at each rung. On request,
+a confirmation stage reruns the best completed configs of each architecture on fresh seeds shared
+by all of them, with a known seed-to-seed noise, for the statistics of pico/stats.py.
 """
 
 from __future__ import annotations
@@ -33,6 +35,11 @@ EVAL_INTERVAL = 20
 BASE_LOSS = {"kgram_mlp": 5.0, "lstm": 4.7, "kv_transformer": 4.4}
 BYTES_PER_TOKEN = 3.6  # a plausible BPE average, for val_bpb
 CORPUS_OFFSET = 0.4  # nats added per extra corpus, so that mixed files really differ in val_loss
+RUN_SD = 0.03  # sd of a trial's final loss around the law: the seed-to-seed noise
+# A confirmation seed's own effect (initialisation and data order), shared by every config run on
+# it; the rest of RUN_SD is each run's own. Pairing on seeds removes the shared part.
+SEED_EFFECT_SD = 0.02
+CONFIRM_SEED_BASE = 1000  # confirmation seeds are CONFIRM_SEED_BASE, +1, ... for every config
 
 
 def make_results(
@@ -44,17 +51,32 @@ def make_results(
     asha: bool = True,
     failures: bool = True,
     seed: int = 0,
+    confirm_top: int = 0,
+    confirm_seeds: int = 5,
 ) -> Path:
     """Write a synthetic results file and return its path.
 
     `asha` stops the worse two thirds of trials at each rung (else every trial runs all
     `n_evals` evaluations); `failures` makes about 2% of trials errored and 2% diverged.
+    `confirm_top` > 0 adds confirmation trials (`phase` and `confirms` columns): the best
+    `confirm_top` completed trials of each architecture, each rerun to the end on the same
+    `confirm_seeds` seeds. Without it the file has no `phase` column, like a file written
+    before confirmation existed.
     """
     rng = np.random.default_rng(seed)
     hp = _sample_hparams(rng, n_trials, archs, corpora)
-    final = _final_loss(rng, hp)
+    law = _law(hp)
+    final = law + rng.normal(0, RUN_SD, len(hp))
     n_rows, status, rung = _plan_trials(rng, final, n_evals, asha, failures)
     df = _evaluations(rng, hp, final, n_rows, status, rung)
+    if confirm_top:
+        # Its own random stream, so that the search rows are the same with or without it.
+        confirm_rng = np.random.default_rng([seed, 1])
+        confirm = _confirmations(
+            confirm_rng, hp, law, final, status, n_evals, confirm_top, confirm_seeds
+        )
+        df = pd.concat([df.assign(phase="search", confirms=None), confirm], ignore_index=True)
+        df = df.astype({"phase": "string", "confirms": "string"})
     meta = _metadata(n_evals, corpora)
     table = pa.Table.from_pandas(df, preserve_index=False)
     table = table.replace_schema_metadata({"pico": json.dumps(meta)})
@@ -99,8 +121,8 @@ def _sample_hparams(
     return hp
 
 
-def _final_loss(rng: np.random.Generator, hp: pd.DataFrame) -> np.ndarray:
-    """The loss each trial would reach at the end: the made-up law the tests can check."""
+def _law(hp: pd.DataFrame) -> np.ndarray:
+    """The mean loss each config reaches at the end: the made-up law the tests can check."""
     num = {c: hp[c].astype(float).fillna(0).to_numpy() for c in ("d_model", "n_layer", "lr", "k")}
     loss = hp["arch"].map(BASE_LOSS).to_numpy(float, copy=True)
     loss -= 0.25 * np.log2(num["d_model"] / 32)
@@ -108,8 +130,45 @@ def _final_loss(rng: np.random.Generator, hp: pd.DataFrame) -> np.ndarray:
     loss += 0.8 * (np.log10(num["lr"]) + 2.5) ** 2
     loss += np.where(hp["activation"] == "relu", 0.06, 0.0)
     loss -= np.where(hp["arch"] == "kgram_mlp", 0.04 * num["k"], 0.0)
-    loss += CORPUS_OFFSET * pd.factorize(hp["corpus"], sort=True)[0]
-    return loss + rng.normal(0, 0.03, len(hp))
+    return loss + CORPUS_OFFSET * pd.factorize(hp["corpus"], sort=True)[0]
+
+
+def _confirmations(
+    rng: np.random.Generator,
+    hp: pd.DataFrame,
+    law: np.ndarray,
+    final: np.ndarray,
+    status: np.ndarray,
+    n_evals: int,
+    top: int,
+    n_seeds: int,
+) -> pd.DataFrame:
+    """The confirmation trials: the `top` best completed configs per arch, on shared seeds.
+
+    Each run's final loss is the config's law plus its seed's effect plus its own noise, so the
+    seed-to-seed sd of one config is RUN_SD, as in the search.
+    """
+    done = pd.DataFrame({"arch": hp["arch"], "final": final})[status == "completed"]
+    picks = done.sort_values("final").groupby("arch", sort=False).head(top).index.to_numpy()
+    index = np.repeat(picks, n_seeds)
+    seed_effect = rng.normal(0, SEED_EFFECT_SD, n_seeds)
+    own_sd = np.sqrt(RUN_SD**2 - SEED_EFFECT_SD**2)
+    runs = law[index] + np.tile(seed_effect, len(picks)) + rng.normal(0, own_sd, len(index))
+    config = hp.iloc[index].reset_index(drop=True)
+    config["seed"] = np.tile(CONFIRM_SEED_BASE + np.arange(n_seeds), len(picks))
+    n = len(index)
+    rows = _evaluations(
+        rng,
+        config,
+        runs,
+        np.full(n, n_evals),
+        np.full(n, "completed", dtype=object),
+        np.zeros(n, dtype=int),
+        first_id=len(hp),
+    )
+    rows["phase"] = "confirm"
+    rows["confirms"] = np.repeat([f"trial_{i:05d}" for i in index], n_evals)
+    return rows
 
 
 def _plan_trials(
@@ -147,9 +206,14 @@ def _evaluations(
     n_rows: np.ndarray,
     status: np.ndarray,
     rung: np.ndarray,
+    first_id: int = 0,
 ) -> pd.DataFrame:
-    """The long table: one row per evaluation, trial-level columns repeated."""
+    """The long table: one row per evaluation, trial-level columns repeated.
+
+    Trials are numbered from `first_id` (confirmation trials follow the search's).
+    """
     trial = np.repeat(np.arange(len(hp)), n_rows)
+    number = trial + first_id
     index = np.arange(len(trial)) - np.repeat(np.cumsum(n_rows) - n_rows, n_rows)
     is_last = index == n_rows[trial] - 1
     cfg = hp.iloc[trial].reset_index(drop=True)
@@ -167,7 +231,7 @@ def _evaluations(
     df = pd.DataFrame(
         {
             "experiment": "synthetic",
-            "trial_id": [f"trial_{i:05d}" for i in trial],
+            "trial_id": [f"trial_{i:05d}" for i in number],
             "arch": cfg["arch"].to_numpy(),
             "status": st,
         }
@@ -175,11 +239,11 @@ def _evaluations(
     for name in (f.name for f in fields(TrainConfig)):
         df[f"hp_{name}"] = cfg[name].to_numpy()
     df["rung"] = rung[trial]
-    df["node"] = "10.0.0." + (trial % 4).astype(str)
+    df["node"] = "10.0.0." + (number % 4).astype(str)
     df["device"] = "cpu"
     df["seed"] = cfg["seed"].to_numpy()
-    df["config_fingerprint"] = [f"{i:016x}" for i in trial]
-    df["checkpoint"] = [f"/tmp/ckpt/trial_{i:05d}" for i in trial]
+    df["config_fingerprint"] = [f"{i:016x}" for i in number]
+    df["checkpoint"] = [f"/tmp/ckpt/trial_{i:05d}" for i in number]
     df["error"] = np.where(st == "errored", "RuntimeError: synthetic failure", None)
     df["decode_latency_ms"] = np.nan
     df["step"] = np.where(failed & (st == "errored"), 0, step)

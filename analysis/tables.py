@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 
 from analysis.load import label
+from pico.stats import is_confirmation
 
 MAX_TABLE_ROWS = 200
 TRAIN_COMMAND = "python launch/train.py --from-results {file} --trial {trial}"
@@ -61,11 +62,19 @@ def reproduce_command(results_file: str, trial_id: str) -> str:
 
 
 def best_configs(
-    points: pd.DataFrame, loss: str, hparams: list[str], results_file: str
+    points: pd.DataFrame,
+    loss: str,
+    hparams: list[str],
+    results_file: str,
+    confirmed: pd.DataFrame | None = None,
 ) -> pd.DataFrame:
-    """The best trial of each architecture by `loss`, its config and how to reproduce it."""
+    """The best trial of each architecture by `loss`, its config and how to reproduce it.
+
+    With `confirmed` (confirmation_summary rows), a column gives each best trial's confirmed
+    mean ± sd over its seeds, where it was confirmed.
+    """
     best = points.loc[points.groupby("arch")[loss].idxmin()].sort_values(loss)
-    return pd.DataFrame(
+    table = pd.DataFrame(
         {
             "arch": best["arch"],
             "trial": best["trial_id"],
@@ -77,6 +86,62 @@ def best_configs(
             "reproduce with": [reproduce_command(results_file, t) for t in best["trial_id"]],
         }
     )
+    if confirmed is not None and len(confirmed):
+        text = {
+            row.config: _mean_sd(getattr(row, f"{loss}_mean"), getattr(row, f"{loss}_sd"), row.n)
+            for row in confirmed.itertuples()
+        }
+        table.insert(4, f"confirmed {loss}", best["trial_id"].map(text).fillna(""))
+    return table
+
+
+def confirmation_table(summary: pd.DataFrame, metrics: tuple[str, ...]) -> pd.DataFrame:
+    """Each confirmed config: its runs, search score, confirmed mean ± sd, interval and curse."""
+    runs = zip(summary["n"], summary["runs"], strict=True)
+    table = pd.DataFrame(
+        {
+            "arch": summary["arch"],
+            "config": summary["config"],
+            "completed runs": [f"{n} of {total}" for n, total in runs],
+        }
+    )
+    for m in metrics:
+        mean, sd = summary[f"{m}_mean"], summary[f"{m}_sd"]
+        low, high = summary[f"{m}_low"], summary[f"{m}_high"]
+        table[f"search {m}"] = summary[f"search_{m}"].map(_decimals)
+        table[f"confirmed {m}"] = [_mean_sd(a, b, None) for a, b in zip(mean, sd, strict=True)]
+        table[f"95% interval ({m})"] = [
+            f"{_decimals(a)} .. {_decimals(b)}" for a, b in zip(low, high, strict=True)
+        ]
+        table[f"winner's curse ({m})"] = summary[f"{m}_gap"].map(lambda v: _decimals(v, True))
+    return table
+
+
+def comparison_table(comparisons: pd.DataFrame) -> pd.DataFrame:
+    """Each test in words, with its raw and Holm-adjusted p-values."""
+    return pd.DataFrame(
+        {
+            "comparison": comparisons["comparison"],
+            "result": comparisons["sentence"],
+            "p": comparisons["p"],
+            "p (Holm)": comparisons["p_holm"],
+        }
+    )
+
+
+def _decimals(value: float, sign: bool = False) -> str:
+    """A loss to 4 decimals (differences show in the third), '' when missing."""
+    if pd.isna(value):
+        return ""
+    return f"{value:+.4f}" if sign else f"{value:.4f}"
+
+
+def _mean_sd(mean: float, sd: float, n: int | None) -> str:
+    """`4.5807 ± 0.0124` (and ` (n=4)` when n is given); '' when there is no mean."""
+    if pd.isna(mean):
+        return ""
+    text = f"{mean:.4f} ± {sd:.4f}" if not pd.isna(sd) else f"{mean:.4f}"
+    return text + (f" (n={n})" if n is not None else "")
 
 
 def frontier_table(front: pd.DataFrame, points: pd.DataFrame, hparams: list[str]) -> pd.DataFrame:
@@ -90,9 +155,10 @@ def frontier_table(front: pd.DataFrame, points: pd.DataFrame, hparams: list[str]
 
 
 def status_counts(trials: pd.DataFrame) -> pd.DataFrame:
-    """Trials by architecture and status, with totals."""
-    counts = pd.crosstab(trials["arch"], trials["status"], margins=True, margins_name="total")
-    return counts.reset_index()
+    """Trials by architecture and status, with totals; confirmation trials in rows of their own."""
+    rows = trials["arch"].where(~is_confirmation(trials), trials["arch"] + " (confirmation)")
+    counts = pd.crosstab(rows, trials["status"], margins=True, margins_name="total")
+    return counts.rename_axis("arch").reset_index()
 
 
 def error_counts(trials: pd.DataFrame, top: int = 10) -> pd.DataFrame:

@@ -8,6 +8,7 @@ from launch.results import ResultsTable
 from launch.settings import SearchSettings
 from launch.study import redact
 from pico.config import ARCH_FIELDS
+from pico.stats import answer_lines
 
 SHOWN_OPTIM_FIELDS = ("lr", "batch_size", "block_size", "dropout", "weight_decay", "warmup_steps")
 
@@ -50,7 +51,9 @@ def summary_lines(settings: SearchSettings, table: ResultsTable) -> list[str]:
     """The end-of-search report: outcome counts, best config per architecture (or the Pareto
     set), where the results are and how to open them."""
     path = settings.results_path
-    last = final_rows(table.to_arrow().to_pandas())
+    results = table.to_arrow().to_pandas()
+    every = final_rows(results)
+    last = every[every["phase"] == "search"]
     counts = last["status"].value_counts()
     lines = [f"{len(last)} trials: " + ", ".join(f"{n} {status}" for status, n in counts.items())]
     metric, mode = settings.metrics[0]
@@ -66,6 +69,12 @@ def summary_lines(settings: SearchSettings, table: ResultsTable) -> list[str]:
         for _, row in pareto_front(last, settings.metrics).iterrows():
             values = " ".join(f"{m}={row[m]:.4g}" for m in names)
             lines.append(f"  {row['trial_id']} {row['arch']}: {values}")
+    confirmed = every[every["phase"] == "confirm"]
+    if len(confirmed):
+        counts = confirmed["status"].value_counts()
+        done = ", ".join(f"{n} {status}" for status, n in counts.items())
+        lines.append(f"{len(confirmed)} confirmation trials: {done}")
+        lines += answer_lines(results)
     lines += [
         f"results: {path}",
         f"report:  python analysis/report.py {path}",

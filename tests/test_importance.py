@@ -93,3 +93,30 @@ def test_large_studies_are_subsampled_and_say_so(monkeypatch):
 def test_unknown_method_is_bad_input():
     with pytest.raises(PicoError, match="unknown importance method"):
         imp.check_method("shap")
+
+
+def test_the_spread_settles_the_ranking_when_there_are_enough_trials():
+    result = imp.importance(driven_trials(120), HPARAMS, "val_loss", "ped-anova", "arch")
+    assert not result.warning  # 120 trials: over 10 per parameter and over 50
+    assert result.resamples == imp.BOOTSTRAP_RESAMPLES
+    assert result.resample_size == imp.BOOTSTRAP_MAX_TRIALS  # resamples are capped
+    assert set(result.low) == set(result.high) == set(result.values)
+    others = max(result.high[k] for k in result.values if k != "lr")
+    assert result.low["lr"] > others  # lr's whisker clears every other parameter's
+
+
+def test_few_trials_come_with_a_warning_and_a_wide_spread():
+    result = imp.importance(driven_trials(12), HPARAMS, "val_loss", "ped-anova", "lstm")
+    assert result.warning.startswith("only 12 trials for 5 parameters: too few")
+    assert "needs 50" in result.warning  # PED-ANOVA's own minimum beats 10 per parameter
+    assert result.resample_size == 12
+    assert max(result.high[k] - result.low[k] for k in result.values) > 0.2
+    again = imp.importance(driven_trials(12), HPARAMS, "val_loss", "ped-anova", "lstm")
+    assert again.low == result.low and again.high == result.high  # seeded
+
+
+def test_fanova_gets_no_spread():
+    if importlib.util.find_spec("sklearn") is None:
+        pytest.skip("Optuna's fANOVA needs scikit-learn, which is not installed")
+    result = imp.importance(driven_trials(10), HPARAMS, "val_loss", "fanova", "lstm")
+    assert result.resamples == 0 and result.low == {} and result.values

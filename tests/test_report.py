@@ -25,6 +25,7 @@ from analysis.report import main, parse_objectives
 from analysis.synthetic import make_results
 
 EXPECTED_CHARTS = [
+    "confirmed",
     "pareto_val_loss_n_params",
     "pareto_val_loss_train_flops",
     "pareto_val_loss_elapsed_s",
@@ -46,9 +47,12 @@ EXPECTED_CHARTS = [
 
 @pytest.fixture(scope="module")
 def report(tmp_path_factory) -> dict:
-    """One full report of a 90-trial, three-architecture synthetic search, built once."""
+    """One full report of a 90-trial, three-architecture synthetic search whose best two
+    configs per architecture were confirmed on 4 seeds, built once."""
     folder = tmp_path_factory.mktemp("report")
-    results = make_results(folder / "results.parquet", n_trials=90, n_evals=10, seed=1)
+    results = make_results(
+        folder / "results.parquet", n_trials=90, n_evals=10, seed=1, confirm_top=2, confirm_seeds=4
+    )
     assert main([str(results), "--top", "5"]) == 0
     html = (folder / "report.html").read_text()
     return {"folder": folder, "results": results, "html": html, "specs": page_specs(html)}
@@ -84,6 +88,7 @@ def test_page_is_self_contained(report):
 
 def test_pareto_table_is_the_true_frontier(report):
     rows = pd.read_parquet(report["results"])
+    rows = rows[rows["phase"] == "search"]
     final = rows[rows["is_last"] & rows["status"].isin(["completed", "early_stopped"])]
     final = final[np.isfinite(final["val_loss"])]
     mask = non_dominated(final[["val_loss", "n_params"]].to_numpy(float))
@@ -317,3 +322,94 @@ def test_some_nan_losses_are_left_out_and_said(tmp_path):
     results = load_results(path)
     assert not results.points["trial_id"].isin(df.loc[last_completed, "trial_id"]).any()
     assert any("2 trial(s)" in n and "NaN" in n for n in results.notes)
+
+
+# ------------------------------------------------------------------ uncertainty
+
+
+def test_confirmation_section_answers_in_words(report):
+    html = report["html"]
+    section = html.split('id="confirmation"', 1)[1].split("<section>", 1)[0]
+    assert "Answer: kv_transformer wins at this budget" in section
+    assert "Confirmed configs: final loss over fresh seeds" in section
+    assert "winner&#x27;s curse (val_loss)" in section and "95% interval (val_bpb)" in section
+    assert "Comparisons on shared seeds, Holm-corrected" in section
+    assert "real at 5%" in section and "paired t, 4 seeds" in section
+    assert section.count("<tr><td>between architectures</td>") == 3
+    assert section.count("<tr><td>within ") == 2  # one runner-up per architecture
+    assert "kv_transformer (confirmation)" in html  # the status table counts them apart
+
+
+def test_confirmed_configs_are_drawn_with_their_intervals(report):
+    chart = json.dumps(report["specs"]["confirmed"])
+    assert '"x2": {"field": "high"' in chart and "95% t-interval" in chart
+    pareto = report["specs"]["pareto_val_loss_n_params"]
+    text = json.dumps(pareto)
+    assert "Diamonds: the 5 confirmed configs" in text and '"y2": {"field": "high"' in text
+    assert "Grey band: the noise floor" in text and '"y2": {"field": "band_end"' in text
+    assert "noise floor" in json.dumps(report["specs"]["heatmaps_lstm"])
+
+
+def test_search_charts_leave_confirmation_trials_out(report):
+    rows = pd.read_parquet(report["results"])
+    confirm_ids = set(rows.loc[rows["phase"] == "confirm", "trial_id"])
+    search_ids = set(rows.loc[rows["phase"] == "search", "trial_id"])
+    for name in ("pareto_val_loss_n_params", "learning_curves", "perplexity_accuracy"):
+        shown = {
+            row["trial_id"]
+            for data in report["specs"][name]["datasets"].values()
+            for row in data
+            if "trial_id" in row
+        }
+        assert shown and shown <= search_ids and not shown & confirm_ids, name
+    results = load_results(report["results"])
+    assert set(results.points["trial_id"]) <= search_ids
+    assert len(results.trials) == len(search_ids) + len(confirm_ids)
+    importance = json.dumps(report["specs"]["importance"])
+    assert "30 trials" in importance and "38 trials" not in importance
+
+
+def test_too_few_trials_are_said_plainly(report):
+    html = report["html"]
+    assert html.count('<p class="warning">') >= 3
+    assert "Importance for lstm: only 29 trials for 9 parameters: too few" in html
+    assert "Regression: only 89 trials for 20 terms: too few" in html
+    assert "Heatmaps for lstm: most cells hold fewer than 3 trials in d_model x n_layer" in html
+    importance = json.dumps(report["specs"]["importance"])
+    assert "spread: 40 resamples" in importance and '"x2": {"field": "high"' in importance
+
+
+def test_a_file_without_confirmation_says_its_losses_are_single_runs(tmp_path):
+    path = make_results(tmp_path / "old.parquet", n_trials=12, archs=("lstm",))
+    results = load_results(path)
+    assert "phase" not in results.trials.columns and results.confirmation.empty
+    sections = build_sections(results, Options(["val_loss", "n_params"], [False, False]), [], print)
+    [confirmation] = [s for s in sections if s.title == "Confirmation"]
+    assert not confirmation.items and "no confirmation trials" in confirmation.intro
+    pareto = [f for s in sections for f in s.figures if f.name == "pareto_val_loss_n_params"]
+    assert "Grey band" not in json.dumps(pareto[0].spec)
+    assert "Diamonds" not in json.dumps(pareto[0].spec)
+
+
+def test_regression_and_heatmap_warnings_depend_on_trials_per_term_and_cell():
+    from analysis.charts_hparams import MIN_TRIALS_PER_CELL, sparse_heatmaps
+    from analysis.regression import TRIALS_PER_TERM, fit_loss
+
+    rng = np.random.default_rng(0)
+    n = 400
+    df = pd.DataFrame(
+        {
+            "arch": "lstm",
+            "hp_d_model": pd.array(rng.choice([32, 64], n), dtype="Int64"),
+            "hp_n_layer": pd.array(rng.choice([1, 2], n), dtype="Int64"),
+            "tokens_seen": 1000,
+        }
+    )
+    df["val_loss"] = 5 - 0.1 * np.log2(df["hp_d_model"].astype(float)) + rng.normal(0, 0.01, n)
+    hparams = ["hp_d_model", "hp_n_layer"]
+    assert not fit_loss(df, hparams, "val_loss").warning  # 400 trials, 2 terms
+    few = df.head(TRIALS_PER_TERM * 2 - 1)
+    assert "only 19 trials for 2 terms" in fit_loss(few, hparams, "val_loss").warning
+    assert sparse_heatmaps(df, hparams, "val_loss") == []  # 100 trials per cell
+    thin = df.head(4 * MIN_TRIALS_PER_CELL - 4)  # 4 cells, fewer than 3 trials in most
+    assert sparse_heatmaps(thin, hparams, "val_loss") == ["d_model x n_layer (median 2)"]
