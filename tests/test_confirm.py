@@ -110,7 +110,7 @@ def test_a_search_then_its_confirmation_in_one_study_and_one_file(
     monkeypatch.setitem(search_spaces.SPACES, "two_archs", two_architectures)
     settings = SearchSettings(
         space="two_archs", name="exp", storage=str(tmp_path / "experiments"), num_samples=4,
-        max_steps=30, eval_interval=10, eval_tokens=256, scheduler="fifo", corpus="3seqs",
+        max_steps=20, eval_interval=10, eval_tokens=256, scheduler="fifo", corpus="3seqs",
         tokenizer="char", sampler="random", max_concurrent=2, cpus_per_trial=1,
         confirm_top=1, confirm_seeds=2,
     )  # fmt: skip
@@ -124,7 +124,7 @@ def test_a_search_then_its_confirmation_in_one_study_and_one_file(
     # The best trial of each architecture (0 and 1), on the same two fresh seeds, to max_steps.
     assert sorted(confirm.confirms) == ["00000", "00000", "00001", "00001"]
     assert confirm.groupby("confirms").seed.apply(sorted).tolist() == [[1, 2], [1, 2]]
-    assert (confirm.status == "completed").all() and (confirm.step == 30).all()
+    assert (confirm.status == "completed").all() and (confirm.step == 20).all()
     for trial_id, row in confirm.iterrows():
         source = search.loc[row.confirms]
         for name in ("arch", "hp_lr", "hp_d_model", "hp_batch_size"):

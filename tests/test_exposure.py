@@ -156,8 +156,8 @@ def test_local_search_listens_on_loopback_and_leaks_no_aws_key(repo_root):
         }
         command = [
             sys.executable, str(repo_root / "launch" / "search.py"), "--space", "tiny",
-            "--num-samples", "2", "--max-steps", "60", "--eval-interval", "20",
-            "--eval-tokens", "128", "--grace-period", "20", "--corpus", "3seqs",
+            "--num-samples", "1", "--max-steps", "20", "--eval-interval", "10",
+            "--eval-tokens", "128", "--grace-period", "10", "--corpus", "3seqs",
             "--tokenizer", "char", "--storage", str(root / "work" / "exp"), "--name", "canary",
             "--cache-dir", str(root / "work" / "cache"), "--no-confirm",
         ]  # fmt: skip
