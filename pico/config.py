@@ -26,6 +26,7 @@ TRANSFORMER_NORMS = ("layernorm", "rmsnorm")
 POSITIONS = ("rope", "learned")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 DTYPES = ("float32", "bfloat16")
+PARAMETRIZATIONS = ("standard", "mup")
 
 # Hyperparameters that shape the model, by architecture. Everything else is shared by all.
 MODEL_FIELDS = (
@@ -40,6 +41,8 @@ MODEL_FIELDS = (
     "mlp_ratio",
     "tie_weights",
     "dropout",
+    "parametrization",
+    "mup_base_width",
 )
 ARCH_FIELDS: dict[str, tuple[str, ...]] = {
     "kgram_mlp": ("d_model", "n_layer", "hidden_size", "k", "activation", "norm", "dropout"),
@@ -54,6 +57,8 @@ ARCH_FIELDS: dict[str, tuple[str, ...]] = {
         "mlp_ratio",
         "tie_weights",
         "dropout",
+        "parametrization",
+        "mup_base_width",
     ),
 }
 
@@ -85,6 +90,10 @@ class TrainConfig:
     tie_weights: bool = True
     dropout: float = 0.0
     block_size: int = 128
+    # muP (Transformer only, docs/mup.md): init, learning rates and multipliers scale with
+    # d_model / mup_base_width, so that settings tuned at one width hold at another.
+    parametrization: str = "standard"
+    mup_base_width: int = 128
 
     # Optimisation.
     batch_size: int = 32
@@ -134,6 +143,7 @@ class TrainConfig:
             "max_steps",
             "eval_interval",
             "eval_tokens",
+            "mup_base_width",
         ):
             if getattr(self, name) < 1:
                 raise PicoError(f"{name} must be a positive integer, got {getattr(self, name)}")
@@ -167,6 +177,12 @@ class TrainConfig:
                     f"rotary positions need an even head size, got d_model/n_head="
                     f"{self.d_model // self.n_head}"
                 )
+        _choice("parametrization", self.parametrization, PARAMETRIZATIONS)
+        if self.parametrization == "mup" and self.arch != "kv_transformer":
+            raise PicoError(
+                f"parametrization 'mup' is built for the Transformer only; arch={self.arch!r} "
+                "keeps the standard parametrization"
+            )
         if self.arch == "kgram_mlp" and self.k > self.block_size:
             raise PicoError(f"k={self.k} must not exceed block_size={self.block_size}")
         return self
@@ -204,6 +220,23 @@ class TrainConfig:
         """A copy with some fields changed."""
         return dataclasses.replace(self, **changes)
 
+    def widen(self, width: int) -> TrainConfig:
+        """This muP config at `d_model=width`, everything else kept: muP's base width, so the
+        tuned learning rate, init and multipliers mean the same thing at the new width, and
+        the head count, so the head size grows with the width (the attention's 1/d_head scale
+        is what keeps that stable). PicoError for a standard config or an unusable width."""
+        if self.parametrization != "mup":
+            raise PicoError(
+                f"the config has parametrization {self.parametrization!r}: its tuned settings do "
+                "not carry over to another width; only a 'mup' config can be widened"
+            )
+        if width < 1 or width % self.n_head:
+            raise PicoError(
+                f"width {width} is not a positive multiple of n_head={self.n_head}: widening "
+                "keeps the head count and grows the head size"
+            )
+        return self.replace(d_model=width).validate()
+
     def model_fields(self) -> dict[str, Any]:
         """The model hyperparameters that this architecture actually uses."""
         return {name: getattr(self, name) for name in ARCH_FIELDS[self.arch]}
@@ -211,6 +244,10 @@ class TrainConfig:
     def fingerprint(self) -> str:
         """A short stable hash of every field that changes what the run computes."""
         semantic = {k: v for k, v in self.to_dict().items() if k not in NON_SEMANTIC_FIELDS}
+        if self.parametrization == "standard":
+            # Neither field changes a standard run; leaving them out also keeps the fingerprints
+            # that runs had before they existed.
+            del semantic["parametrization"], semantic["mup_base_width"]
         blob = json.dumps(semantic, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 

@@ -29,7 +29,7 @@ from pico.config import TrainConfig
 from pico.errors import PicoError
 from pico.metrics import build_eval_set, evaluate, training_record
 from pico.models import build_model
-from pico.optim import lr_at, make_optimizer
+from pico.optim import lr_at, make_optimizer, set_lr
 
 SaveCheckpoint = Callable[[Path], Path]
 EvalCallback = Callable[[dict[str, Any], SaveCheckpoint], None]
@@ -139,6 +139,7 @@ def train(
     bar = _progress_bar(cfg, run.counters["step"]) if progress else None
 
     status, record = "completed", {}
+    run.start_clock()
     while run.counters["step"] < cfg.max_steps:
         run.train_step()
         if bar is not None:
@@ -156,6 +157,7 @@ def train(
             if record["diverged"]:
                 status = "diverged"
                 break
+            run.start_clock()  # the callbacks' time (checkpoints, reports) is not training
     if bar is not None:
         bar.close()
     return TrainResult(status=status, metrics=record, model=run.model)
@@ -176,6 +178,7 @@ class _Run:
         self.counters: dict[str, Any] = {"step": 0, "tokens_seen": 0, "elapsed_s": 0.0}
         self.tokens_per_step = cfg.batch_size * cfg.grad_accum * cfg.block_size
         self.wall_start = time.perf_counter()
+        self.window_start = self.wall_start  # restarted by start_clock before each window
         self._reset_window()
 
     def _reset_window(self) -> None:
@@ -184,14 +187,18 @@ class _Run:
         self.loss_count = 0
         self.grad_norm = torch.full((), float("nan"), device=self.device)
         self.lr = float("nan")
+
+    def start_clock(self) -> None:
+        """Start timing the window's training for tokens_per_s. train() calls it right before
+        the window's first step: what runs between two windows (the evaluation's callbacks, which
+        log, save checkpoints and report to a search driver) is not training."""
         self.window_start = time.perf_counter()
 
     def train_step(self) -> None:
         """One optimizer step. Nothing here waits for the device: the loss and gradient norm
         stay tensors until the next evaluation reads them, so GPU work queues up unbroken."""
         self.lr = lr_at(self.counters["step"], self.cfg)
-        for group in self.optimizer.param_groups:
-            group["lr"] = self.lr
+        set_lr(self.optimizer, self.lr)
         loss = _accumulate_gradients(
             self.step_model, self.batches, self.cfg, self.device, self.autocast_dtype
         )

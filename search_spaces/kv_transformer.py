@@ -1,4 +1,5 @@
-"""KV-cache Transformer: width, depth, heads, MLP ratio, activation, norm, positions, tying.
+"""KV-cache Transformer: width, depth, heads, MLP ratio, activation, norm, positions, tying,
+parametrization.
 
 Optuna needs one fixed set of choices per parameter name, so the head count is drawn from a fixed
 list and then capped so that every head keeps at least `MIN_HEAD_DIM` dimensions. Widths are
@@ -37,6 +38,11 @@ def space(trial: optuna.Trial, prefix: str = "") -> dict[str, Any]:
         "norm": trial.suggest_categorical(f"{prefix}norm", ("layernorm", "rmsnorm")),
         "pos_embedding": trial.suggest_categorical(f"{prefix}pos_embedding", ("rope", "learned")),
         "tie_weights": trial.suggest_categorical(f"{prefix}tie_weights", (True, False)),
+        # muP at the default base width (128, the widest here): a muP trial's settings carry
+        # over to a wider model (launch/train.py --width, docs/mup.md).
+        "parametrization": trial.suggest_categorical(
+            f"{prefix}parametrization", ("standard", "mup")
+        ),
         "dropout": suggest_dropout(trial, prefix),
         **suggest_optim(trial, prefix),
     }

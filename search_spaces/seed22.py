@@ -39,7 +39,12 @@ def _transformer(d_model: int, n_layer: int, activation: str) -> tuple[str, dict
     name = f"tf-e{d_model}-l{n_layer}-{activation}"
     fields = {"arch": "kv_transformer", "d_model": d_model, "n_layer": n_layer}
     shape = {"n_head": min(4, d_model // 16), "mlp_ratio": 4, "activation": activation}
-    style = {"norm": "rmsnorm", "pos_embedding": "rope", "tie_weights": True}
+    style = {
+        "norm": "rmsnorm",
+        "pos_embedding": "rope",
+        "tie_weights": True,
+        "parametrization": "standard",
+    }
     return name, {**fields, **shape, **style}
 
 

@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 import math
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
 
+import pico.train as pico_train
 from pico.config import TrainConfig
 from pico.data import prepare_data
 from pico.metrics import PAD_TARGET, build_eval_set, evaluate
 from pico.models import build_model
 from pico.optim import lr_at
-from pico.train import LogProgress, train
+from pico.train import LogProgress, _Run, train
 
 TIMING_FIELDS = ("tokens_per_s", "elapsed_s")
 ARCHS = ("kgram_mlp", "lstm", "kv_transformer")
@@ -156,6 +158,38 @@ def test_record_holds_every_documented_field(data, repo_root):
     assert record["train_flops"] == record["flops_per_token"] * record["tokens_seen"]
     assert record["perplexity"] == pytest.approx(math.exp(record["val_loss"]))
     assert 0 <= record["token_accuracy"] <= 1
+
+
+def test_tokens_per_s_counts_the_training_steps_only(data, monkeypatch, tmp_path):
+    """On a fake clock where a step takes 1 s, scoring 50 s and the evaluation's callback (a
+    checkpoint and a report, say) 100 s, every window runs at one step's tokens per second."""
+    now = [0.0]
+    monkeypatch.setattr(pico_train, "time", SimpleNamespace(perf_counter=lambda: now[0]))
+    step, score = _Run.train_step, pico_train.evaluate
+
+    def step_taking_1_s(run):
+        step(run)
+        now[0] += 1.0
+
+    def scoring_taking_50_s(*args, **kwargs):
+        now[0] += 50.0
+        return score(*args, **kwargs)
+
+    monkeypatch.setattr(_Run, "train_step", step_taking_1_s)
+    monkeypatch.setattr(pico_train, "evaluate", scoring_taking_50_s)
+    records: list[dict] = []
+
+    def callback_taking_100_s(record, save):
+        save(tmp_path / "checkpoint")
+        records.append(record)
+        now[0] += 100.0
+
+    cfg = tiny("kv_transformer", grad_accum=2)
+    train(cfg, data, on_eval=callback_taking_100_s)
+    tokens_per_step = cfg.batch_size * cfg.grad_accum * cfg.block_size
+    assert [r["tokens_per_s"] for r in records] == [pytest.approx(tokens_per_step)] * 3
+    # elapsed_s is wall time: 12 steps, 3 scorings and the 2 callbacks before the last record.
+    assert records[-1]["elapsed_s"] == pytest.approx(12 + 3 * 50 + 2 * 100)
 
 
 def test_progress_in_a_log_is_plain_lines_not_a_bar(data, capsys):

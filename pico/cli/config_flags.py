@@ -26,6 +26,8 @@ _HELP = {
     "activation": "relu | gelu | silu",
     "norm": "K-gram: none | layernorm | rmsnorm; Transformer: layernorm | rmsnorm",
     "pos_embedding": "rope | learned (Transformer)",
+    "parametrization": "standard | mup (Transformer; docs/mup.md)",
+    "mup_base_width": "muP: the d_model at which muP equals the standard parametrization",
     "eval_tokens": "validation targets in the fixed evaluation set",
     "device": "auto | cpu | cuda | mps",
     "dtype": "float32 | bfloat16 (autocast)",

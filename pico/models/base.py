@@ -88,6 +88,11 @@ class LanguageModel(nn.Module):
         """The modules whose outputs, one per layer in order, are the model's hidden units."""
         raise NotImplementedError
 
+    def lr_scales(self) -> dict[str, float]:
+        """Learning-rate multipliers by parameter name (muP's per-layer learning rates); a
+        parameter not named learns at the schedule's rate."""
+        return {}
+
     def linear_weights(self) -> int:
         """Weights of every nn.Linear (a tied output head counts: it is still a matmul)."""
         return sum(m.weight.numel() for m in self.modules() if isinstance(m, nn.Linear))

@@ -15,6 +15,28 @@ different past). No cache of earlier keys can reproduce that, with rotary positi
 buffer of keys rotated at absolute positions would give sliding-window attention, which equals the
 cropped recompute only for a single layer. So once the cache is full, each new token re-prefills
 the last block_size tokens from scratch: exact, and as slow as recomputing.
+
+With `parametrization="mup"` the model follows the maximal-update parametrisation (muP; Yang et
+al. 2022, "Tensor Programs V") for Adam, relative to a base width b = `mup_base_width`. With
+d = d_model and r = b / d (1 at the base width, smaller when wider):
+
+- hidden matrices (attention qkv and projection, MLP in and out: both sides grow with d) start
+  with std 0.02 * sqrt(r), i.e. variance proportional to 1/fan_in, and learn at lr * r
+  (`lr_scales`; pico/optim.py also divides their weight decay by r, keeping lr * weight_decay, the
+  decay per step, as at the base width);
+- the token and position embeddings and the norms' gains (one side fixed, or vectors) keep their
+  init and their learning rate;
+- the output logits are multiplied by r, with the head's weights initialised and trained as at
+  the base width: the readout multiplier form of muP rather than a zero-initialised head, because
+  only this form lets the head stay tied to the embedding. Under Adam a tied matrix asks the same
+  of both roles here: a width-independent init and learning rate, the multiplier acting only in
+  the forward pass of the head;
+- attention logits are q.k * sqrt(b_head) / d_head instead of q.k / sqrt(d_head), with
+  b_head = b / n_head: proportional to 1/d_head, and equal to the usual scale at the base width.
+  Widening keeps n_head and grows d_head (`TrainConfig.widen`).
+
+At the base width every one of these factors is 1, so a muP model is the standard one: same
+weights from the same seed, same logits, same learning rates.
 """
 
 from __future__ import annotations
@@ -67,9 +89,22 @@ class CausalSelfAttention(nn.Module):
         super().__init__()
         self.n_head = cfg.n_head
         self.dropout = cfg.dropout
+        self.scale = attention_scale(cfg)
         self.qkv = nn.Linear(cfg.d_model, 3 * cfg.d_model, bias=False)
         self.proj = nn.Linear(cfg.d_model, cfg.d_model, bias=False)
         self.resid_drop = nn.Dropout(cfg.dropout)
+
+    def heads(self, x: Tensor, rotary: Rotary | None, pos: int = 0) -> tuple[Tensor, ...]:
+        """Queries, keys and values of x (B, T, d) at positions pos..: (B, n_head, T, head_dim)
+        each, queries and keys rotated."""
+        B, T, C = x.shape
+        q, k, v = (
+            t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
+            for t in self.qkv(x).split(C, dim=2)
+        )
+        if rotary is not None:
+            q, k = rotary(q, pos), rotary(k, pos)
+        return q, k, v
 
     def forward(
         self,
@@ -80,15 +115,12 @@ class CausalSelfAttention(nn.Module):
     ) -> Tensor:
         """Attend x (B, T, d) at positions pos..pos+T-1; with a cache, also to what it holds."""
         B, T, C = x.shape
-        q, k, v = (
-            t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
-            for t in self.qkv(x).split(C, dim=2)
-        )
-        if rotary is not None:
-            q, k = rotary(q, pos), rotary(k, pos)
+        q, k, v = self.heads(x, rotary, pos)
         if cache is None:
             p = self.dropout if self.training else 0.0
-            y = F.scaled_dot_product_attention(q, k, v, dropout_p=p, is_causal=True)
+            y = F.scaled_dot_product_attention(
+                q, k, v, dropout_p=p, is_causal=True, scale=self.scale
+            )
         else:
             k_cache, v_cache = cache
             k_cache[:, :, pos : pos + T] = k
@@ -97,7 +129,7 @@ class CausalSelfAttention(nn.Module):
             mask = None  # a single query sees every key held so far
             if T > 1:  # query i sits at position pos+i and sees keys 0..pos+i
                 mask = torch.ones(T, pos + T, dtype=torch.bool, device=x.device).tril(pos)
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=self.scale)
         y = y.transpose(1, 2).contiguous().view(B, T, C)
         return self.resid_drop(self.proj(y))
 
@@ -150,19 +182,40 @@ class Transformer(LanguageModel):
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
         self.norm_f = _norm(cfg.norm, cfg.d_model)
         self.lm_head = nn.Linear(cfg.d_model, vocab_size, bias=False)
+        # muP's base width over this width (module docstring); 1 under the standard
+        # parametrization, where nothing below depends on width.
+        self.width_ratio = mup_ratio(cfg)
         self._init_weights(cfg.n_layer)
         if cfg.tie_weights:
             self.lm_head.weight = self.wte.weight
 
     def _init_weights(self, n_layer: int) -> None:
         """Normal(0.02) everywhere; the projections that write into the residual stream are
-        scaled by 1/sqrt(2 * n_layer) so the stream's variance does not grow with depth."""
+        scaled by 1/sqrt(2 * n_layer) so the stream's variance does not grow with depth. Under
+        muP the hidden matrices' std is further scaled by sqrt(width_ratio)."""
         for module in self.modules():
             if isinstance(module, nn.Linear | nn.Embedding):
                 init_normal(module)
         for block in self.blocks:
             for proj in (block.attn.proj, block.mlp.proj):
                 init_normal(proj, std=0.02 / math.sqrt(2 * n_layer))
+            if self.width_ratio != 1:
+                # Rescaled rather than redrawn: the same seed gives the same draws at any width
+                # ratio and in either parametrization.
+                with torch.no_grad():
+                    for matrix in (block.attn.qkv, block.attn.proj, block.mlp.fc, block.mlp.proj):
+                        matrix.weight.mul_(math.sqrt(self.width_ratio))
+
+    def lr_scales(self) -> dict[str, float]:
+        """Under muP, the hidden matrices learn at width_ratio times the learning rate."""
+        if self.width_ratio == 1:
+            return {}
+        hidden = ("attn.qkv.weight", "attn.proj.weight", "mlp.fc.weight", "mlp.proj.weight")
+        return {
+            name: self.width_ratio
+            for name, _ in self.named_parameters()
+            if name.startswith("blocks.") and name.endswith(hidden)
+        }
 
     def logits(self, idx: Tensor) -> Tensor:
         if idx.size(1) > self.block_size:
@@ -179,7 +232,10 @@ class Transformer(LanguageModel):
         for i, block in enumerate(self.blocks):
             cache = None if state is None else (state.keys[i], state.values[i])
             x = block(x, self.rotary, pos, cache)
-        return self.lm_head(self.norm_f(x))
+        logits = self.lm_head(self.norm_f(x))
+        if self.width_ratio != 1:  # muP's readout multiplier
+            logits = logits * self.width_ratio
+        return logits
 
     def init_state(self, batch_size: int, device: torch.device | str) -> KVCache:
         shape = (batch_size, self.n_head, self.block_size, self.d_model // self.n_head)
@@ -229,6 +285,21 @@ class Transformer(LanguageModel):
     def _unit_modules(self) -> list[nn.Module]:
         """The hidden units: the MLP neurons of every block, after the activation."""
         return [block.mlp.act for block in self.blocks]
+
+
+def mup_ratio(cfg: TrainConfig) -> float:
+    """muP's base width over the model's width; 1 under the standard parametrization."""
+    return cfg.mup_base_width / cfg.d_model if cfg.parametrization == "mup" else 1.0
+
+
+def attention_scale(cfg: TrainConfig) -> float | None:
+    """The factor on q.k: None (attention's own 1/sqrt(d_head)) under the standard
+    parametrization; under muP 1/sqrt(d_head) at the base width and proportional to 1/d_head
+    from there, since after training q and k are correlated and q.k grows as d_head."""
+    if cfg.parametrization != "mup":
+        return None
+    head_dim, base_head_dim = cfg.d_model / cfg.n_head, cfg.mup_base_width / cfg.n_head
+    return head_dim**-0.5 * (base_head_dim / head_dim) ** 0.5
 
 
 def _norm(name: str, width: int) -> nn.Module:
