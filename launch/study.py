@@ -40,7 +40,6 @@ ERROR_ATTR = "error"
 RETRIES_ATTR = "retries"
 LAST_STEP_ATTR = "last_step"
 RUNG_ATTR = "asha_rung_{:g}"
-PHASE_ATTR = "phase"
 CONFIRMS_ATTR = "confirms"
 SEARCH, CONFIRM = "search", "confirm"
 _STARTED = tuple(state for state in TrialState if state != TrialState.WAITING)
@@ -52,8 +51,8 @@ def trial_id_of(number: int) -> str:
 
 
 def phase_of(trial: FrozenTrial) -> str:
-    """The phase of a trial: `search` unless it was asked as a confirmation."""
-    return trial.user_attrs.get(PHASE_ATTR, SEARCH)
+    """The phase of a trial: `confirm` when it names the trial it confirms, else `search`."""
+    return SEARCH if trial.user_attrs.get(CONFIRMS_ATTR) is None else CONFIRM
 
 
 def number_of(trial_id: str) -> int:
@@ -278,7 +277,6 @@ class SearchStudy:
             trial = self.study.ask()
             reused = False
         if confirms is not None or reused:  # the phase first: the config marks it complete
-            trial.set_user_attr(PHASE_ATTR, CONFIRM if confirms is not None else SEARCH)
             trial.set_user_attr(CONFIRMS_ATTR, confirms)
         config = make_config(trial)
         trial.set_user_attr(CONFIG_ATTR, config)
