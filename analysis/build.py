@@ -15,14 +15,19 @@ import pandas as pd
 
 from analysis import charts_hparams as ch
 from analysis import charts_results as cr
+from analysis import charts_scaling as cs
 from analysis import tables
 from analysis.importance import importance, method_name
 from analysis.load import LOSS_GROUP_COLUMNS, Results, label
 from analysis.page import Figure, Section, answer, render_page, warning, write_pngs
 from analysis.regression import fit_loss
+from pico import scaling_law as sl
 from pico.files import write_atomic
 
 COMPUTE_AXES = ("n_params", "train_flops", "elapsed_s")  # val_loss is plotted against each
+# Resamples of the loss law's runs: half the library's 200, which took 3.5 s of CPU for the fits
+# of a 60-run ladder (docs/report.md); a band's width then varies by up to a fifth between seeds.
+SCALING_BOOTSTRAP = 100
 
 
 @dataclass
@@ -62,6 +67,7 @@ def build_sections(
         ("overview", _overview),
         ("confirmation", _confirmation),
         ("Pareto frontiers", _pareto),
+        ("scaling laws", _scaling),
         ("best trials", _best),
         ("learning curves", _curves),
         ("hyperparameter importance", _importance),
@@ -175,6 +181,51 @@ def _pareto(results: Results, options: Options, notes: list[str]) -> Section:
         f"<code>--objectives</code> ({html.escape(', '.join(options.objectives))})."
     )
     return Section("Pareto frontiers", intro, items)
+
+
+def _scaling(results: Results, options: Options, notes: list[str]) -> Section:
+    found = cs.scaling_fits(
+        results.trials, results.loss, results.archs, bootstrap=SCALING_BOOTSTRAP, seed=options.seed
+    )
+    if found.reason:
+        intro = (
+            f"No scaling law: {html.escape(found.reason)}. A ladder trains each architecture at "
+            "several sizes to several compute budgets, every run to the end with one recipe, and "
+            f"fills this section: <code>{sl.LADDER_HINT}</code>."
+        )
+        return Section("Scaling laws", intro)
+    fits = found.fits
+    items: list[Figure | str] = [
+        warning(f"Scaling laws for {fit.arch}: {'. Also: '.join(fit.problems)}.")
+        for fit in fits
+        if fit.problems
+    ]
+    if items:
+        lacking = ", ".join(fit.arch for fit in fits if fit.problems)
+        notes.append(f"Scaling laws for {lacking}: some fits could not be made (see that section).")
+    if any(fit.law or fit.iso or fit.lr_law for fit in fits):
+        items.append(tables.html_table(cs.law_table(fits), "Fitted scaling laws (90% intervals)"))
+    charts = [
+        ("scaling_frontier", cs.frontier_chart, any(fit.law for fit in fits)),
+        ("scaling_isoflop", cs.isoflop_chart, any(fit.iso for fit in fits)),
+        ("scaling_optimal", cs.optimal_chart, any(fit.iso for fit in fits)),
+        ("scaling_lr", cs.lr_chart, any(fit.lr_law for fit in fits)),
+        ("scaling_residuals", cs.residual_chart, any(fit.law for fit in fits)),
+    ]
+    items += [Figure.of(name, chart(fits)) for name, chart, drawn in charts if drawn]
+    intro = (
+        "Scaling laws fitted to the runs that converged (pico/scaling_law.py, method in "
+        "docs/scaling_laws.md), per architecture; each chart shows every architecture in its "
+        "own colour, so the steeper curve is the one that gains more from scale. Each size's "
+        "best learning rate at each budget is fitted, the others are left out. The loss law "
+        "L(N, D) = E + A/N^alpha + B/D^beta gives the compute-optimal frontier; the IsoFLOP "
+        "analysis gives N_opt and D_opt from each budget's best size, with no law for the loss. "
+        f"Intervals are 90%: for the loss law from {SCALING_BOOTSTRAP} bootstrap resamples of "
+        f"the runs (half pico/scaling_law.py's {sl.BOOTSTRAP}, to keep the report fast: a band's "
+        "width varies by up to a fifth between bootstrap seeds), for the power laws Student-t "
+        "across budgets or sizes."
+    )
+    return Section("Scaling laws", intro, items)
 
 
 def _best(results: Results, options: Options, notes: list[str]) -> Section:

@@ -77,7 +77,11 @@ def make_results(
         )
         df = pd.concat([df.assign(phase="search", confirms=None), confirm], ignore_index=True)
         df = df.astype({"phase": "string", "confirms": "string"})
-    meta = _metadata(n_evals, corpora)
+    return _write(df, _metadata(n_evals, corpora), path)
+
+
+def _write(df: pd.DataFrame, meta: dict, path: str | Path) -> Path:
+    """Write the rows as Parquet with the `pico` metadata; return the path."""
     table = pa.Table.from_pandas(df, preserve_index=False)
     table = table.replace_schema_metadata({"pico": json.dumps(meta)})
     path = Path(path)
@@ -312,3 +316,119 @@ def _metadata(n_evals: int, corpora: tuple[str, ...]) -> dict:
         "started_at": "2025-01-01T00:00:00Z",
         "ended_at": "2025-01-01T01:00:00Z",
     }
+
+
+# ------------------------------------------------------------------------------ a ladder
+
+# Each architecture's known law L(N, D) = E + A/N^alpha + B/D^beta, as (E, A, alpha, B, beta).
+# The exponents differ, so that the compute-optimal curves differ in slope; at 1e13 FLOPs the
+# optima lie at 2e5 to 4e5 parameters and 4.5 to 4.9 nats, below the 8.3 of a uniform guess over
+# VOCAB tokens.
+LADDER_LAWS = {
+    "kgram_mlp": (2.3, 24.0, 0.22, 306.0, 0.36),
+    "lstm": (1.9, 50.0, 0.28, 143.0, 0.30),
+    "kv_transformer": (1.6, 105.0, 0.34, 114.0, 0.28),
+}
+LADDER_BUDGETS = (1e12, 1e13, 1e14, 1e15)
+LADDER_SPREAD = 0.6  # decades of size either side of each budget's optimum
+LADDER_NOISE = 0.005  # relative sd of a run's final loss around its law
+LADDER_LR = 3e-3  # the best learning rate at 1e6 parameters ...
+LADDER_LR_EXPONENT = -0.25  # ... and how it moves with size: lr* ∝ N^LADDER_LR_EXPONENT
+# A learning rate one octave from the best raises the loss by this fraction (a quarter of it
+# for half an octave): far above LADDER_NOISE, so each size's best learning rate is its law's.
+LR_PENALTY = 0.03
+
+
+def ladder_loss(arch: str | np.ndarray, n: np.ndarray, d: np.ndarray) -> np.ndarray:
+    """The known law of `arch` (one, or one per run) at N parameters and D tokens: the loss of
+    a run at its best learning rate, without noise."""
+    e, a, alpha, b, beta = np.array([LADDER_LAWS[name] for name in np.atleast_1d(arch)]).T
+    return e + a / np.asarray(n, float) ** alpha + b / np.asarray(d, float) ** beta
+
+
+def ladder_optimum(arch: str, flops: np.ndarray) -> np.ndarray:
+    """The N that minimises the known law at C = 6 N D: Hoffmann et al.'s closed form
+    N* = G (C/6)^(beta/(alpha+beta)), G = (alpha A / (beta B))^(1/(alpha+beta))."""
+    _, a, alpha, b, beta = LADDER_LAWS[arch]
+    g = (alpha * a / (beta * b)) ** (1 / (alpha + beta))
+    return g * (np.asarray(flops, float) / 6) ** (beta / (alpha + beta))
+
+
+def make_ladder(
+    path: str | Path,
+    archs: tuple[str, ...] = ARCHS,
+    budgets: tuple[float, ...] = LADDER_BUDGETS,
+    sizes: int = 5,
+    lr_factors: tuple[float, ...] = (1.0,),
+    seed: int = 0,
+) -> Path:
+    """Write a synthetic IsoFLOP ladder in the results schema and return its path.
+
+    For each architecture and budget C: `sizes` model sizes spread LADDER_SPREAD decades either
+    side of the law's optimum at C (the layout of Hoffmann et al.'s IsoFLOP profiles), each at
+    every learning rate `lr_factors` times the best one for its size, and trained for the
+    D = C / (6 N) tokens that spend the budget (rounded to whole steps). Every run is a
+    completed search trial, evaluated once at its end, like launch/ladder.py's; its final loss
+    is the law's, raised by LR_PENALTY per squared octave off the best learning rate, times
+    lognormal noise of sd LADDER_NOISE. Sizes are set as n_params directly; the other
+    hyperparameters keep TrainConfig's defaults.
+    """
+    rng = np.random.default_rng(seed)
+    spread = 10 ** np.linspace(-LADDER_SPREAD, LADDER_SPREAD, sizes)
+    plan = pd.DataFrame(
+        [
+            (arch, flops, round(n), factor)
+            for arch in archs
+            for flops in budgets
+            for n in ladder_optimum(arch, flops) * spread
+            for factor in lr_factors
+        ],
+        columns=["arch", "flops", "n_params", "lr_factor"],
+    )
+    defaults = TrainConfig()
+    per_step = defaults.batch_size * defaults.grad_accum * defaults.block_size
+    flops_per_token = 6 * plan["n_params"].to_numpy()
+    steps = np.maximum(1, np.rint(plan["flops"] / flops_per_token / per_step)).astype(int)
+    tokens = steps * per_step
+    best_lr = LADDER_LR * (plan["n_params"].to_numpy() / 1e6) ** LADDER_LR_EXPONENT
+    octaves = np.log2(plan["lr_factor"].to_numpy())
+    loss = ladder_loss(plan["arch"], plan["n_params"], tokens) * (1 + LR_PENALTY * octaves**2)
+    loss *= np.exp(rng.normal(0, LADDER_NOISE, len(plan)))
+
+    n = len(plan)
+    hp = pd.DataFrame({f.name: [getattr(defaults, f.name)] * n for f in fields(TrainConfig)})
+    hp["arch"] = plan["arch"]
+    hp["lr"] = best_lr * plan["lr_factor"]
+    hp["min_lr"] = hp["lr"] * defaults.min_lr / defaults.lr
+    hp["max_steps"] = steps
+    hp["warmup_steps"] = np.maximum(1, np.rint(0.05 * steps)).astype(int)
+    hp["eval_interval"] = steps
+    hp["seed"] = np.arange(n)
+    hp = hp.astype({name: "object" for name in MODEL_FIELDS})
+    for name in MODEL_FIELDS:  # as in a search: null where the arch has no use for the field
+        hp.loc[~hp["arch"].map(lambda a, name=name: name in ARCH_FIELDS[a]), name] = None
+    status = np.full(n, "completed", dtype=object)
+    df = _evaluations(rng, hp, loss, np.ones(n, int), status, np.zeros(n, int))
+    # _evaluations draws sizes from the config and a learning curve towards `loss`: a ladder
+    # run's single evaluation is at its own size, tokens and final loss instead.
+    tokens_per_s = 4e11 / flops_per_token
+    df = df.assign(
+        step=steps,
+        tokens_seen=tokens,
+        train_loss=loss - 0.05,
+        val_loss=loss,
+        perplexity=np.exp(loss),
+        token_accuracy=np.clip(0.95 - 0.13 * loss, 0, 1),
+        val_bpb=loss / (np.log(2) * BYTES_PER_TOKEN),
+        tokens_per_s=tokens_per_s,
+        elapsed_s=tokens / tokens_per_s,
+        n_params=plan["n_params"].to_numpy(),
+        flops_per_token=flops_per_token,
+        train_flops=(flops_per_token * tokens).astype(float),
+        phase="search",
+        confirms=None,
+    )
+    df = df.astype({"phase": "string", "confirms": "string"})
+    meta = _metadata(1, ("shakespeare",))
+    meta.update(sampler="ladder", scheduler={"name": "fifo"}, command="synthetic ladder")
+    return _write(df, meta, path)

@@ -72,6 +72,12 @@ def run_search(
     runs."""
     check_inputs(settings, resume=resume, address=address)
     data = prepare(settings, verbosity)
+    plan = None
+    if settings.ladder:  # a ladder's size is its plan's
+        from launch.ladder import ladder_configs
+
+        plan = ladder_configs(settings, data.vocab_size)
+        settings.num_samples = len(plan)
     study = open_study(settings, data, resume=resume, command=command)
     table = build_table(study, settings.store())
     budget = ComputeBudget(settings.compute_budget, spent_flops(table))
@@ -84,7 +90,7 @@ def run_search(
             to_create = max(0, settings.num_samples - study.asked(SEARCH))
             if (continuing or to_create) and not budget.stop_all():
                 ray.start()
-                searcher = make_searcher(settings, study, continuing)
+                searcher = make_searcher(settings, study, continuing, plan)
                 tuner = make_tuner(settings, study, data, writer, searcher, budget, verbosity)
                 tuner.fit()
             with writer.lock:
@@ -396,11 +402,19 @@ class TrialNamer:
         return f"{trial_config(trial.config).arch}_{trial.config[SETTINGS_KEY]['trial_id']}"
 
 
-def make_searcher(settings: SearchSettings, study: SearchStudy, continuing: list[int]) -> Any:
-    """The searcher over the space: the study's unfinished trials, then its sampler's."""
-    from launch.searcher import StudySearcher, make_sampler
+def make_searcher(
+    settings: SearchSettings,
+    study: SearchStudy,
+    continuing: list[int],
+    plan: list[dict[str, Any]] | None = None,
+) -> Any:
+    """The searcher over the space: the study's unfinished trials, then its sampler's; or,
+    given a ladder's `plan`, the plan's runs."""
+    from launch.searcher import LadderSearcher, StudySearcher, make_sampler
     from search_spaces import get_space
 
+    if plan is not None:
+        return LadderSearcher(study, plan, continuing=continuing, metric=ASHA_METRIC)
     space = get_space(settings.space)
     fixed = settings.fixed_fields()
     # A sampler's random state is not kept in the study: a resumed search seeded as the first
@@ -461,7 +475,6 @@ def make_callbacks(settings: SearchSettings, study: SearchStudy, writer: Results
         Recorder(
             study,
             writer,
-            max_steps=settings.max_steps,
             metrics=[m for m, _ in settings.metrics],
             milestones=settings.asha_milestones(),
         )

@@ -19,7 +19,7 @@ from ray.tune.experiment import Trial
 from launch import status
 from launch.export import ResultsWriter, apply_study_state
 from launch.study import ERROR_ATTR, RETRIES_ATTR, SearchStudy, number_of
-from launch.trainable import SETTINGS_KEY, pico_trial_id
+from launch.trainable import SETTINGS_KEY, pico_trial_id, trial_config
 
 
 class Recorder(Callback):
@@ -30,13 +30,11 @@ class Recorder(Callback):
         study: SearchStudy,
         writer: ResultsWriter,
         *,
-        max_steps: int,
         metrics: list[str],
         milestones: list[float],
     ):
         self.study = study
         self.writer = writer
-        self.max_steps = max_steps
         self.metrics = metrics
         self.milestones = milestones
         self.retries: dict[str, int] = {}
@@ -65,7 +63,9 @@ class Recorder(Callback):
     def _end(self, trial: Trial, result: dict[str, Any] | None, error: str | None = None):
         """Tell the study how the trial ended, once."""
         trial_id = pico_trial_id(trial.config)
-        outcome = status.ERRORED if error else status.ending(result, self.max_steps)
+        outcome = (
+            status.ERRORED if error else status.ending(result, trial_config(trial.config).max_steps)
+        )
         values = None
         if outcome == status.COMPLETED:
             values = [result.get(name) for name in self.metrics]

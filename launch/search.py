@@ -4,6 +4,7 @@
     python launch/search.py --name demo --resume            # continue an interrupted one
     python launch/search.py --address head:6379 --gpus-per-trial 0.25 --num-samples 200
     python launch/search.py --name demo --export            # rebuild results.parquet from storage
+    python launch/search.py --space kv_transformer --ladder 1e12,3e12,1e13 --target-flops 1e15
 
 The logic lives in launch/experiment.py; this file only turns flags into `SearchSettings`.
 """
@@ -15,12 +16,16 @@ import json
 import shlex
 import sys
 import time
+from argparse import ArgumentTypeError
 from pathlib import Path
+from typing import Any
 
 if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from launch.exposure import check_aws_keys, prepare_environment
+from launch.predict import default_output
+from launch.predict import main as predict_main
 from launch.settings import (
     OBJECTIVES,
     SAMPLERS,
@@ -115,6 +120,29 @@ def build_parser() -> ArgumentParser:
         help="no confirmation stage (the same as --confirm-top 0 --confirm-seeds 0)",
     )
     p.add_argument(
+        "--ladder",
+        type=numbers(float),
+        help="run an IsoFLOP ladder instead of a search: training-FLOP budgets, e.g. "
+        "1e12,3e12,1e13, each trained at every --ladder-widths (launch/ladder.py)",
+    )
+    p.add_argument(
+        "--ladder-widths",
+        type=numbers(int),
+        help=f"ladder: d_model of each size [{','.join(map(str, d.ladder_widths))}]",
+    )
+    p.add_argument(
+        "--ladder-lrs",
+        type=numbers(float),
+        help="ladder: learning rates tried at each size [Transformer (muP): 3e-3; others: "
+        "1.5e-3,3e-3,6e-3]",
+    )
+    p.add_argument(
+        "--target-flops",
+        type=float,
+        help="after a ladder: fit scaling laws and print the config to train with this many "
+        "training FLOPs and its predicted loss (launch/predict.py)",
+    )
+    p.add_argument(
         "--resume",
         action="store_true",
         help="continue experiment --name after an interrupt or crash, from any machine",
@@ -140,6 +168,20 @@ def build_parser() -> ArgumentParser:
     loud.add_argument("-q", "--quiet", action="store_true", help="only the final summary")
     loud.add_argument("-v", "--verbose", action="store_true", help="per-trial results and Ray logs")
     return p
+
+
+def numbers(kind: type) -> Any:
+    """An argparse type: a comma-separated list of `kind` numbers."""
+
+    def parse(text: str) -> list:
+        try:
+            return [kind(item) for item in text.split(",")]
+        except ValueError:
+            raise ArgumentTypeError(
+                f"{text!r} is not a comma-separated list of {kind.__name__} numbers"
+            ) from None
+
+    return parse
 
 
 def given_settings(args) -> dict:
@@ -169,12 +211,19 @@ def new_settings(given: dict) -> SearchSettings:
         raise PicoError(
             "--grace-period and --reduction-factor are ASHA settings: drop --scheduler fifo"
         )
+    ladder = given.get("ladder") is not None
+    if ladder and "num_samples" in given:
+        raise PicoError("a ladder runs budgets x widths x learning rates: drop --num-samples")
+    if not ladder and {"ladder_widths", "ladder_lrs"} & set(given):
+        raise PicoError("--ladder-widths and --ladder-lrs shape a ladder: pass --ladder too")
     defaults = {
-        "name": f"{space}-{time.strftime('%Y%m%d-%H%M%S')}",
+        "name": f"{'ladder-' if ladder else ''}{space}-{time.strftime('%Y%m%d-%H%M%S')}",
         "storage": str(Path(SearchSettings.storage).resolve()),
         "num_samples": 22 if fixed_sweep else SearchSettings.num_samples,
-        "scheduler": "fifo" if fixed_sweep else SearchSettings.scheduler,
+        "scheduler": "fifo" if fixed_sweep or ladder else SearchSettings.scheduler,
     }
+    if ladder:  # its runs are measured once each: a fit, not a winner to confirm
+        defaults.update(confirm_top=0, confirm_seeds=0)
     return SearchSettings(**{**defaults, **given})
 
 
@@ -253,6 +302,19 @@ def main(argv: list[str] | None = None) -> int:
         if args.resume
         else new_settings(given)
     )
+    if args.target_flops is not None:
+        if not settings.ladder:
+            raise PicoError("--target-flops predicts from a ladder's runs: pass --ladder")
+        if not args.target_flops > 1:
+            raise PicoError(f"--target-flops must be above 1 FLOP, got {args.target_flops}")
+        if "://" in settings.results_path:
+            raise PicoError(
+                "--target-flops writes beside a local results file: drop it, and run "
+                "launch/predict.py on a copy of the results when the ladder ends"
+            )
+        prediction = default_output(Path(settings.results_path), args.target_flops)
+        if prediction.exists():
+            raise PicoError(f"{prediction} already exists: run launch/predict.py --output")
     # Bad input fails here, in about a second, before Ray and torch are imported.
     check_aws_keys(args.address)
     check_inputs(settings, resume=args.resume, address=args.address)
@@ -290,6 +352,8 @@ def main(argv: list[str] | None = None) -> int:
             f"launch/search.py --name {settings.name} --storage {settings.storage} --resume"
         )
         return EXIT_INTERRUPTED
+    if args.target_flops is not None:
+        predict_main([settings.results_path, "--target-flops", str(args.target_flops)])
     return 0
 
 

@@ -129,3 +129,28 @@ class ConfirmationSearcher(StudySearcher):
             return None
         confirms, config = self.plan.popleft()
         return *self.study.ask(lambda trial: config, confirms=confirms), confirms
+
+
+class LadderSearcher(StudySearcher):
+    """Suggests the ladder's unfinished runs, then its planned runs not yet asked
+    (launch/ladder.py): the study has asked the plan's first `asked()` runs, in order. The
+    sampler is never asked."""
+
+    def __init__(
+        self,
+        study: SearchStudy,
+        plan: list[dict[str, Any]],
+        *,
+        continuing: list[int],
+        metric: str,
+    ):
+        super().__init__(study, None, num_samples=len(plan), continuing=continuing, metric=metric)
+        self.plan = plan
+
+    def new_trial(self) -> tuple[int, dict[str, Any], str | None] | None:
+        """The plan's next run, asked as a search trial; else None."""
+        if self.created >= self.num_samples:
+            return None
+        config = self.plan[self.created]
+        self.created += 1
+        return *self.study.ask(lambda trial: config), None

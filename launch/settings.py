@@ -73,6 +73,11 @@ class SearchSettings:
     # default: a search should end with an answer that one lucky seed cannot make.
     confirm_top: int = 1
     confirm_seeds: int = 3
+    # An IsoFLOP ladder instead of a sampled search (launch/ladder.py): every width trained to
+    # each of these training-FLOP budgets, at each learning rate (None: per architecture).
+    ladder: list[float] | None = None
+    ladder_widths: list[int] = field(default_factory=lambda: [32, 48, 64, 96, 128])
+    ladder_lrs: list[float] | None = None
     optuna_storage: str | None = None  # an Optuna RDB URL; default SQLite in the experiment
     wandb: str = "off"
     fail_at_step: int | None = None  # tests only: every trial fails once after this step
@@ -193,9 +198,31 @@ def validate(settings: SearchSettings) -> None:
         raise PicoError("the cmaes sampler needs the cmaes package: pip install cmaes")
     if len(settings.objectives) > 1 and settings.sampler in ("cmaes", "gp"):
         raise PicoError(f"the {settings.sampler} sampler optimises one objective; use tpe or nsga2")
+    if settings.ladder is not None:
+        _check_ladder(settings)
     if not settings.name or "/" in settings.name or settings.name.startswith("."):
         raise PicoError(f"--name must be a plain folder name, got {settings.name!r}")
     TrainConfig(**settings.fixed_fields()).validate()
+
+
+def _check_ladder(settings: SearchSettings) -> None:
+    """A ladder's settings: its budgets, widths and learning rates, and nothing that would stop
+    its runs before they converge."""
+    if settings.space == "seed22":
+        raise PicoError("--ladder trains sizes of one config per architecture: use another --space")
+    lists = {"ladder": settings.ladder, "ladder-widths": settings.ladder_widths}
+    lists["ladder-lrs"] = settings.ladder_lrs or [1]
+    for flag, values in lists.items():
+        if not values or not all(isinstance(v, int | float) and v > 0 for v in values):
+            raise PicoError(f"--{flag} must be a comma-separated list of positive numbers")
+    if len(set(settings.ladder_widths)) < 3:
+        raise PicoError("--ladder-widths needs >= 3 distinct widths for a fit, e.g. 32,64,128")
+    if settings.scheduler != "fifo" or settings.compute_budget is not None:
+        raise PicoError(
+            "a ladder's runs must all converge: drop --scheduler asha and --compute-budget"
+        )
+    if settings.warm_start:
+        raise PicoError("--warm-start enqueues sampled configs; a ladder runs only its own")
 
 
 def _choice(what: str, value: str, allowed: tuple[str, ...]) -> None:

@@ -487,7 +487,7 @@ def isoflop(
     flops = np.asarray(flops, float).ravel()
     if len(flops) != len(n) or not (np.isfinite(flops).all() and (flops > 0).all()):
         raise PicoError("the IsoFLOP analysis needs a finite, positive train_flops per run")
-    labels = _budget_labels(flops, gap_decades) if budget is None else np.asarray(budget).ravel()
+    labels = budget_labels(flops, gap_decades) if budget is None else np.asarray(budget).ravel()
     if len(labels) != len(n) or pd.isna(labels).any():
         raise PicoError(
             f"the IsoFLOP analysis needs one budget label per run; got {len(labels)} labels, "
@@ -524,9 +524,10 @@ def isoflop(
     )
 
 
-def _budget_labels(flops: np.ndarray, gap_decades: float) -> np.ndarray:
+def budget_labels(flops: ArrayLike, gap_decades: float = 0.05) -> np.ndarray:
     """One integer label per run: runs whose log10 train_flops are within `gap_decades` of
     their neighbour's share a label."""
+    flops = np.asarray(flops, float)
     order = np.argsort(flops)
     gaps = np.diff(np.log10(flops[order])) > gap_decades
     labels = np.empty(len(flops), int)
@@ -620,6 +621,7 @@ KEPT = (
     "flops_per_token",
     "val_loss",
     "hp_lr",
+    "hp_d_model",
 )
 
 

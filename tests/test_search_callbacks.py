@@ -34,7 +34,10 @@ def make_study(tmp_path, trials: int = 0) -> SearchStudy:
 
 
 def fake_trial(trial_id: str, **last) -> SimpleNamespace:
-    config = {**TrainConfig(arch="lstm").to_dict(), "_pico": {"trial_id": trial_id}}
+    config = {
+        **TrainConfig(arch="lstm", max_steps=MAX_STEPS).to_dict(),
+        "_pico": {"trial_id": trial_id},
+    }
     return SimpleNamespace(trial_id=f"tune_{trial_id}", config=config, last_result=last)
 
 
@@ -47,8 +50,7 @@ def recorded(tmp_path):
     """A recorder over a study of four running trials, its writer closed at the end."""
     study = make_study(tmp_path, trials=4)
     writer = ResultsWriter(ResultsTable("exp", {}), str(tmp_path / "results.parquet"))
-    yield study, Recorder(study, writer, max_steps=MAX_STEPS, metrics=["val_loss"],
-                          milestones=[10, 20, 40])  # fmt: skip
+    yield study, Recorder(study, writer, metrics=["val_loss"], milestones=[10, 20, 40])
     writer.close()
 
 
