@@ -15,7 +15,7 @@ seeds.
 
 Experiments already in --folder are continued or reused, so a rerun only reports; a held-out
 run whose prediction file is missing is refused, since its prediction would no longer be blind.
-Scale: character-level Shakespeare, widths 16 to 64 at depth 2, budgets doubling from 6e10
+Scale: character-level Shakespeare, widths 16 to 64 at depth 2, budgets doubling from 8e10
 FLOPs, each run evaluated once at its end on 32,768 validation characters (so that the truth's
 own noise, about 0.3%, is well under the goal).
 """
@@ -51,8 +51,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--seeds", type=int, default=3, help="seeds 0 to N-1 [3]")
     p.add_argument(
         "--budgets",
-        default="6e10,1.2e11,2.4e11,4.8e11",
-        help="training-FLOP budgets; the largest is held out [6e10,1.2e11,2.4e11,4.8e11]",
+        default="8e10,1.6e11,3.2e11,6.4e11",
+        help="training-FLOP budgets; the largest is held out [8e10,1.6e11,3.2e11,6.4e11]",
     )
     p.add_argument("--widths", default="16,24,32,48,64", help="d_model of each size")
     p.add_argument("--eval-tokens", type=int, default=32768)

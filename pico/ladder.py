@@ -198,7 +198,9 @@ def recommend(
         )
 
     base = config_of(frame.loc[frame["trial_id"] == runs.loc[nearest, "trial_id"]].iloc[-1])
-    multiple = base.n_head if arch == "kv_transformer" else 1
+    multiple = 1
+    if arch == "kv_transformer":  # whole heads, and rotary positions pair up each head's dims
+        multiple = base.n_head * (2 if base.pos_embedding == "rope" else 1)
     width = width_rule(runs).width_for(n_star, multiple)
     config = at_width(base, width)
     config = config.replace(lr=lr, min_lr=lr * base.min_lr / base.lr)

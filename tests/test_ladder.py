@@ -96,13 +96,20 @@ def test_the_transformer_ladders_under_mup_with_one_lr_and_the_others_tune_three
     assert [lrs for _, lrs in ladder_bases(given)] == [[1e-3, 1e-2]]
 
 
-def synthetic_ladder(noise: float, seed: int = 0) -> tuple[pd.DataFrame, TrainConfig]:
-    """Results rows of an LSTM ladder (5 widths x 4 budgets x 3 lrs) whose best-lr losses
-    follow TRUE_LAW with multiplicative noise; off-best learning rates lose 3%."""
+def synthetic_ladder(
+    noise: float, seed: int = 0, arch: str = "lstm"
+) -> tuple[pd.DataFrame, TrainConfig]:
+    """Results rows of a ladder (5 widths x 4 budgets; an LSTM at 3 lrs, a muP Transformer at
+    one) whose best-lr losses follow TRUE_LAW with multiplicative noise; off-best learning rates
+    lose 3%."""
     rng = np.random.default_rng(seed)
-    base = TrainConfig(arch="lstm", tokenizer="char", d_model=32, hidden_size=32)
+    if arch == "lstm":
+        base = TrainConfig(arch="lstm", tokenizer="char", d_model=32, hidden_size=32)
+        lrs = [1.5e-3, 3e-3, 6e-3]
+    else:
+        base, lrs = TrainConfig(arch=arch, tokenizer="char", parametrization="mup"), [3e-3]
     plan = ladder_plan(
-        [(base, [1.5e-3, 3e-3, 6e-3])],
+        [(base, lrs)],
         widths=[16, 24, 32, 48, 64],
         budgets=[1e11, 3e11, 1e12, 3e12],
         flops_per_token=model_flops,
@@ -117,7 +124,7 @@ def synthetic_ladder(noise: float, seed: int = 0) -> tuple[pd.DataFrame, TrainCo
         rows.append(
             {
                 "trial_id": f"{i:05d}",
-                "arch": "lstm",
+                "arch": arch,
                 "status": "completed",
                 "is_last": True,
                 "phase": "search",
@@ -165,6 +172,16 @@ def test_a_recommendation_finds_the_known_laws_optimum_and_covers_its_loss():
     assert tokens == pytest.approx(result["tokens"]["value"], rel=0.01)
     assert config.hidden_size / config.d_model == base.hidden_size / base.d_model
     assert result["runs"] == 20 and result["sizes"] == 5 and result["budgets"] == 4
+
+
+def test_a_transformer_recommendation_keeps_its_heads_whole_and_rotary_dims_paired():
+    frame, base = synthetic_ladder(noise=0.003, arch="kv_transformer")
+    # At 2e13 the nearest multiple of the head count alone would be 36: head size 9, odd.
+    result = recommend(frame, "kv_transformer", 2e13)
+    config = TrainConfig.from_dict(result["config"]).validate()  # rotary needs even head sizes
+    assert config.d_model % (2 * base.n_head) == 0 and config.n_head == base.n_head
+    assert config.parametrization == "mup" and config.lr == base.lr
+    assert result["lr_source"] == "the ladder's learning rate (not tuned per size)"
 
 
 def test_a_results_row_gives_back_its_exact_config():
