@@ -1,6 +1,6 @@
 """Does a ladder's scaling law predict the loss at a budget it has not run? An honest check.
 
-    python benchmarks/scaling_prediction.py            # 3 seeds; about 15 minutes on 2 idle CPUs
+    python benchmarks/scaling_prediction.py            # 3 seeds; about 20 minutes on 2 CPUs
 
 For each seed, the Transformer (muP, one learning rate: launch/ladder.py) is trained as an
 IsoFLOP ladder at every width and all budgets but the largest. The loss law fitted to those runs
