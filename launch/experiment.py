@@ -71,13 +71,15 @@ def run_search(
     asks for one (launch/confirm.py); with `live`, optuna-dashboard shows the study while it
     runs."""
     check_inputs(settings, resume=resume, address=address)
-    data = prepare(settings, verbosity)
+    data = prepare(settings)
     plan = None
-    if settings.ladder:  # a ladder's size is its plan's
+    if settings.ladder:  # a ladder's size is its plan's; bad input fails before any output
         from launch.ladder import ladder_configs
 
         plan = ladder_configs(settings, data.vocab_size)
         settings.num_samples = len(plan)
+    if verbosity >= 1:
+        print(data_line(settings, data))
     study = open_study(settings, data, resume=resume, command=command)
     table = build_table(study, settings.store())
     budget = ComputeBudget(settings.compute_budget, spent_flops(table))
@@ -244,22 +246,24 @@ def connected_ray(address: str | None, verbosity: int, dashboard: bool) -> Itera
         ray.shutdown()
 
 
-def prepare(settings: SearchSettings, verbosity: int = 1) -> Any:
+def prepare(settings: SearchSettings) -> Any:
     """Prepare (or load from the cache) the corpus once, in the driver, before any trial."""
     from pico.data import prepare_data
 
-    data = prepare_data(
+    return prepare_data(
         settings.corpus,
         settings.tokenizer,
         cache_dir=settings.cache_dir,
         max_docs=settings.max_docs,
     )
-    if verbosity >= 1:
-        print(
-            f"data: {settings.corpus} / {settings.tokenizer}, {len(data.train):,} train and "
-            f"{len(data.val):,} val tokens, vocab {data.vocab_size} ({data.path})"
-        )
-    return data
+
+
+def data_line(settings: SearchSettings, data: Any) -> str:
+    """What the search trains on, in one line."""
+    return (
+        f"data: {settings.corpus} / {settings.tokenizer}, {len(data.train):,} train and "
+        f"{len(data.val):,} val tokens, vocab {data.vocab_size} ({data.path})"
+    )
 
 
 def make_tuner(

@@ -223,6 +223,15 @@ def _check_ladder(settings: SearchSettings) -> None:
         )
     if settings.warm_start:
         raise PicoError("--warm-start enqueues sampled configs; a ladder runs only its own")
+    from launch.ladder import ladder_bases
+    from pico.ladder import at_width
+
+    for base, _ in ladder_bases(settings):  # every width a valid config, before any work
+        for width in settings.ladder_widths:
+            try:
+                at_width(base, width)
+            except PicoError as exc:
+                raise PicoError(f"--ladder-widths {width} ({base.arch}): {exc}") from None
 
 
 def _choice(what: str, value: str, allowed: tuple[str, ...]) -> None:

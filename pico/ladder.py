@@ -87,7 +87,10 @@ def ladder_plan(
     rungs = []  # (config at its width, learning rates, FLOPs per optimizer step)
     for base, lrs in bases:
         for width in sorted(set(widths)):
-            config = at_width(base, width)
+            try:
+                config = at_width(base, width)
+            except PicoError as exc:
+                raise PicoError(f"ladder width {width} ({base.arch}): {exc}") from None
             per_step = flops_per_token(config) * tokens_per_step(config)
             rungs.append((config, sorted(set(lrs)), per_step, base.min_lr / base.lr))
     smallest = min(budgets)

@@ -255,6 +255,21 @@ def test_bad_prediction_input_is_one_line_and_exit_2(repo_root, tmp_path, make, 
         (["--ladder", "1e12,-1"], "positive numbers"),
         (["--ladder", "1e12", "--scheduler", "asha"], "must all converge"),
         (["--ladder", "1e12", "--space", "seed22"], "use another --space"),
+        (
+            [
+                "--ladder",
+                "1e12",
+                "--ladder-widths",
+                "8,16,20",
+                "--corpus",
+                "3seqs",
+                "--tokenizer",
+                "char",
+                "--space",
+                "kv_transformer",
+            ],
+            "--ladder-widths 20 (kv_transformer): rotary positions need an even head size",
+        ),
     ],
 )
 def test_bad_ladder_flags_are_one_line_and_exit_2(repo_root, tmp_path, args, message):
@@ -281,7 +296,7 @@ def test_a_ladder_runs_its_plan_to_convergence_and_resumes_without_rerunning(ray
     assert outcome.ended and settings.num_samples == 6
 
     last = pd.read_parquet(settings.results_path).query("is_last").sort_values("trial_id")
-    plan = ladder_configs(settings, prepare(settings, verbosity=0).vocab_size)
+    plan = ladder_configs(settings, prepare(settings).vocab_size)
     assert (last.status == "completed").all() and last.phase.eq("search").all()
     assert last.step.tolist() == [config["max_steps"] for config in plan]
     assert last.hp_d_model.tolist() == [8, 16, 24, 8, 16, 24]
