@@ -222,6 +222,5 @@ def load_trial_config(path: str | Path, trial_id: str) -> TrainConfig:
         shown = ", ".join(known[:8]) + (", ..." if len(known) > 8 else "")
         raise PicoError(f"no trial {trial_id!r} in {path}; its trials are: {shown}")
     row = table.slice(ids.index(trial_id), 1).to_pylist()[0]
-    values = {name[3:]: value for name, value in row.items() if name.startswith("hp_")}
     # Fields the architecture does not use are stored as null: any value reproduces the run.
-    return TrainConfig.from_dict({k: v for k, v in values.items() if v is not None}).validate()
+    return TrainConfig.from_results_row(row).validate()

@@ -11,8 +11,10 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import numbers
 import typing
+from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -201,6 +203,21 @@ class TrainConfig:
         if unknown:
             raise PicoError(f"unknown config field(s): {', '.join(unknown)}")
         return cls(**{name: _typed(name, value) for name, value in values.items()})
+
+    @classmethod
+    def from_results_row(cls, row: Mapping[str, Any]) -> TrainConfig:
+        """The config of a results-file row (docs/results.md), from its `hp_<field>` columns.
+        Null ones (None, or NaN once pandas has read them) are fields the architecture does not
+        use; numpy scalars become Python values."""
+        values = {}
+        for name, value in row.items():
+            if not name.startswith("hp_"):
+                continue
+            value = value.item() if hasattr(value, "item") else value  # numpy -> Python
+            if value is None or (isinstance(value, float) and math.isnan(value)):
+                continue
+            values[name[3:]] = value
+        return cls.from_dict(values)
 
     @classmethod
     def from_file(cls, path: str | Path) -> TrainConfig:

@@ -30,6 +30,7 @@ from pico.scaling_law import (
     MIN_SIZES,
     PARAMS,
     Prediction,
+    best_lr_runs,
     budget_labels,
     compute_optimal,
     fit_flops_per_token,
@@ -87,10 +88,7 @@ def ladder_plan(
     rungs = []  # (config at its width, learning rates, FLOPs per optimizer step)
     for base, lrs in bases:
         for width in sorted(set(widths)):
-            try:
-                config = at_width(base, width)
-            except PicoError as exc:
-                raise PicoError(f"ladder width {width} ({base.arch}): {exc}") from None
+            config = at_width(base, width)
             per_step = flops_per_token(config) * tokens_per_step(config)
             rungs.append((config, sorted(set(lrs)), per_step, base.min_lr / base.lr))
     smallest = min(budgets)
@@ -153,11 +151,7 @@ def tuned_runs(runs: pd.DataFrame) -> pd.DataFrame:
     """The best-learning-rate run of each size at each budget (`budget` from the runs' train
     FLOPs, scaling_law.budget_labels), with `n_lrs` the learning rates it was chosen from: the
     runs a loss law should see, as the laws hold for tuned models."""
-    runs = runs.assign(budget=budget_labels(runs["train_flops"]))
-    keys = ["budget", "n_params"]
-    best = runs.loc[runs.groupby(keys)["val_loss"].idxmin()]
-    tried = runs.groupby(keys)["hp_lr"].nunique().rename("n_lrs")
-    return best.join(tried, on=keys).sort_values(keys, ignore_index=True)
+    return best_lr_runs(runs.assign(budget=budget_labels(runs["train_flops"])))
 
 
 def recommend(
@@ -200,11 +194,13 @@ def recommend(
             f"{tuned['n_params'].nunique()} tuned sizes"
         )
 
-    base = config_of(frame.loc[frame["trial_id"] == runs.loc[nearest, "trial_id"]].iloc[-1])
+    nearest_row = frame.loc[frame["trial_id"] == runs.loc[nearest, "trial_id"]].iloc[-1]
+    base = TrainConfig.from_results_row(nearest_row)
     multiple = 1
     if arch == "kv_transformer":  # whole heads, and rotary positions pair up each head's dims
         multiple = base.n_head * (2 if base.pos_embedding == "rope" else 1)
-    width = width_rule(runs).width_for(n_star, multiple)
+    rule = width_rule(runs)
+    width = rule.width_for(n_star, multiple)
     config = at_width(base, width)
     config = config.replace(lr=lr, min_lr=lr * base.min_lr / base.lr)
     config = matched_schedule(config, max(1, round(d_star / tokens_per_step(config))))
@@ -216,9 +212,9 @@ def recommend(
         "level": level,
         "n_params": _interval(best.n),
         "tokens": _interval(best.d),
-        "val_loss": {"value": float(loss.value), "low": float(loss.low), "high": float(loss.high)},
+        "val_loss": _interval(loss),
         "config": config.to_dict(),
-        "config_n_params": width_rule(runs).n_params(width),
+        "config_n_params": rule.n_params(width),
         "lr_source": lr_source,
         "extrapolation": target_flops / flops_max,
         "sizes_run": sizes_run,
@@ -233,19 +229,10 @@ def recommend(
     }
 
 
-def config_of(row: pd.Series) -> TrainConfig:
-    """The TrainConfig of a results row, from its `hp_` columns (null ones: unused fields)."""
-    values = {
-        name[3:]: value.item() if isinstance(value, np.generic) else value  # numpy -> Python
-        for name, value in row.items()
-        if name.startswith("hp_") and value is not None and not pd.isna(value)
-    }
-    return TrainConfig.from_dict(values)
-
-
 def _interval(prediction: Prediction) -> dict[str, float]:
+    """A one-point prediction (0-d or of length 1) as JSON: value, low and high."""
     return {
-        "value": float(prediction.value[0]),
-        "low": float(prediction.low[0]),
-        "high": float(prediction.high[0]),
+        "value": float(np.ravel(prediction.value)[0]),
+        "low": float(np.ravel(prediction.low)[0]),
+        "high": float(np.ravel(prediction.high)[0]),
     }

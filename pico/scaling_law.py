@@ -667,13 +667,11 @@ def scaling_runs(
     return out
 
 
-def best_lrs(runs: pd.DataFrame) -> pd.DataFrame:
-    """Each size's best learning rate: the `hp_lr` of its lowest val_loss, per (`budget`,
-    `n_params`) when the runs have a budget column, else per `n_params`.
-
-    `n_lrs` counts the distinct learning rates tried: a size with one was not tuned, and its
-    "best" learning rate says nothing about how the optimum moves.
-    """
+def best_lr_runs(runs: pd.DataFrame) -> pd.DataFrame:
+    """The run of each size's lowest val_loss, per (`budget`, `n_params`) when the runs have a
+    budget column, else per `n_params`, with `n_lrs`: the distinct learning rates (`hp_lr`)
+    it was chosen from. A size with one was not tuned, and its "best" learning rate says
+    nothing about how the optimum moves."""
     if "hp_lr" not in runs.columns:
         raise PicoError(
             "the runs have no hp_lr column: best learning rates need the results of a search "
@@ -682,5 +680,12 @@ def best_lrs(runs: pd.DataFrame) -> pd.DataFrame:
     keys = ["budget", "n_params"] if "budget" in runs.columns else ["n_params"]
     best = runs.loc[runs.groupby(keys)["val_loss"].idxmin()]
     tried = runs.groupby(keys)["hp_lr"].nunique().rename("n_lrs")
-    table = best.set_index(keys)[["hp_lr", "val_loss"]].join(tried)
-    return table.rename(columns={"hp_lr": "lr"}).reset_index()
+    return best.join(tried, on=keys).sort_values(keys, ignore_index=True)
+
+
+def best_lrs(runs: pd.DataFrame) -> pd.DataFrame:
+    """Each size's best learning rate (`lr`), its val_loss and `n_lrs` (`best_lr_runs`), per
+    (`budget`, `n_params`) or per `n_params`."""
+    keys = ["budget", "n_params"] if "budget" in runs.columns else ["n_params"]
+    table = best_lr_runs(runs)[[*keys, "hp_lr", "val_loss", "n_lrs"]]
+    return table.rename(columns={"hp_lr": "lr"})

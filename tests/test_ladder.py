@@ -23,7 +23,6 @@ from pico.ladder import (
     MIN_STEPS,
     WARMUP_FRACTION,
     at_width,
-    config_of,
     ladder_plan,
     recommend,
     tokens_per_step,
@@ -187,7 +186,9 @@ def test_a_transformer_recommendation_keeps_its_heads_whole_and_rotary_dims_pair
 def test_a_results_row_gives_back_its_exact_config():
     frame, _ = synthetic_ladder(noise=0.0)
     row = frame.iloc[7]
-    assert config_of(row).to_dict() == {k[3:]: row[k] for k in frame.columns if k[:3] == "hp_"}
+    assert TrainConfig.from_results_row(row).to_dict() == {
+        k[3:]: row[k] for k in frame.columns if k[:3] == "hp_"
+    }
 
 
 def predict_cli(repo_root, *args) -> subprocess.CompletedProcess:
