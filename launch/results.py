@@ -2,14 +2,17 @@
 
 `ResultsTable` holds the trials of one experiment and encodes them as Parquet; `launch/export.py`
 fills it from the study and the trial folders, and keeps it current during a search. It knows
-nothing of Ray or Optuna. Each trial's rows are built once per change of that trial, so writing
-the file costs the encoding of its rows, not a rebuild of every trial's config.
+nothing of Ray or Optuna. Each trial's rows are encoded once per change of that trial, and the
+trials whose ids differ only in their last two characters are kept combined as one block, rebuilt
+when one of them changes: a write during a search encodes the running trials, and copies the
+rest as a hundredth as many blocks.
 `load_trial_config` reads a trial's config back.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -148,6 +151,8 @@ class ResultsTable:
         self.metadata = {"schema_version": SCHEMA_VERSION, "experiment": experiment, **metadata}
         self.trials: dict[str, TrialRecord] = {}
         self._encoded: dict[str, pa.Table] = {}  # trial id -> its rows, while unchanged
+        self._blocks: dict[tuple[str, ...], pa.Table] = {}  # trial ids -> their rows combined
+        self._block_of: dict[str, tuple[str, ...]] = {}  # trial id -> its block's key
 
     def trial(
         self, trial_id: str, config: dict[str, Any] | None = None, confirms: str | None = None
@@ -159,20 +164,32 @@ class ResultsTable:
                 raise KeyError(trial_id)
             self.trials[trial_id] = TrialRecord(trial_id, config, confirms=confirms)
         self._encoded.pop(trial_id, None)
+        self._blocks.pop(self._block_of.pop(trial_id, ()), None)
         return self.trials[trial_id]
 
     def to_arrow(self) -> pa.Table:
         """Every trial's rows, in trial order then step order, with the file metadata."""
-        parts = []
-        for trial_id, record in sorted(self.trials.items()):
-            if trial_id not in self._encoded:
-                self._encoded[trial_id] = pa.Table.from_pylist(
-                    record.rows(self.experiment), schema=SCHEMA
-                )
-            parts.append(self._encoded[trial_id])
+        blocks = {}
+        for _, run in itertools.groupby(sorted(self.trials), key=lambda trial_id: trial_id[:-2]):
+            ids = tuple(run)
+            block = self._blocks.get(ids)
+            if block is None:
+                block = pa.concat_tables([self._encode(trial_id) for trial_id in ids])
+                block = block.combine_chunks()
+                self._block_of.update(dict.fromkeys(ids, ids))
+            blocks[ids] = block
+        self._blocks = blocks  # a block that a new trial joined is gone
+        parts = list(blocks.values())
         table = pa.concat_tables(parts) if parts else SCHEMA.empty_table()
         meta = json.dumps(self.metadata, default=str)
         return table.replace_schema_metadata({METADATA_KEY: meta.encode()})
+
+    def _encode(self, trial_id: str) -> pa.Table:
+        """The rows of `trial_id`, encoded once per change."""
+        if trial_id not in self._encoded:
+            rows = self.trials[trial_id].rows(self.experiment)
+            self._encoded[trial_id] = pa.Table.from_pylist(rows, schema=SCHEMA)
+        return self._encoded[trial_id]
 
 
 def read_trials(path: str | Path) -> list[TrialRecord]:

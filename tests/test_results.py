@@ -99,6 +99,29 @@ def test_a_changed_trial_is_encoded_again_and_the_others_are_not(tmp_path):
     assert first.num_rows + 1 == table.to_arrow().num_rows
 
 
+def test_blocks_of_trials_give_the_rows_a_fresh_table_would(tmp_path):
+    """Trials are kept combined in blocks (ids that differ in their last two characters): a
+    change to one trial, or a new trial joining a block, shows in the next encoding as it
+    would in a table built from scratch."""
+
+    def filled(n_trials: int, changed: dict[str, float]) -> ResultsTable:
+        table = ResultsTable("exp", {})
+        for number in range(n_trials):
+            trial_id = f"{number:05d}"
+            record = table.trial(trial_id, TrainConfig(arch="lstm", seed=number).to_dict())
+            record.add_eval(metrics(10, changed.get(trial_id, 2.0)))
+        return table
+
+    live = filled(250, {})
+    before = live.to_arrow()
+    assert before.column("step").num_chunks == 3  # blocks 000.., 001.., 002..
+    live.trial("00120").add_eval(metrics(10, 5.0))  # a running trial reports again
+    live.trial("00250", TrainConfig(arch="lstm", seed=250).to_dict()).add_eval(metrics(10))
+    after = live.to_arrow()
+    assert after.equals(filled(251, {"00120": 5.0}).to_arrow())
+    assert not after.equals(before) and after.num_rows == before.num_rows + 1
+
+
 def test_load_trial_config_round_trip(tmp_path):
     path = written(make_table(), tmp_path)
     assert load_trial_config(path, "t1") == TrainConfig(arch="lstm", seed=3)
