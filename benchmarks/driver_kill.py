@@ -27,13 +27,13 @@ import tempfile
 import time
 from pathlib import Path
 
-import optuna
 import pandas as pd
 
 REPO = Path(__file__).resolve().parents[1]
 if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path.insert(0, str(REPO))
 
+from launch.study import STUDY_FILE, SearchStudy  # noqa: E402
 from pico.errors import ArgumentParser, run_cli  # noqa: E402
 
 TINY = [
@@ -62,7 +62,7 @@ def kill_group(process: subprocess.Popen) -> None:
 
 def check(storage: Path, name: str, samples: int, cwd: Path) -> list[str]:
     """What is wrong with a finished experiment (nothing: an empty list)."""
-    study = optuna.load_study(study_name=name, storage=f"sqlite:///{storage / name / 'study.db'}")
+    study = SearchStudy.load(str(storage / name / STUDY_FILE), name).study
     told = {f"{t.number:05d}": t.user_attrs.get("status") for t in study.trials}
     problems = []
     if len(told) != samples or "running" in told.values() or None in told.values():

@@ -105,7 +105,10 @@ def run_search(
                     outcome = conclude(settings, study, table, budget, time.monotonic() - started)
         return outcome
     finally:
-        writer.close()
+        try:
+            study.close()  # the writes still queued reach the storage, even on an interrupt
+        finally:
+            writer.close()
 
 
 class RayOnDemand:
@@ -132,10 +135,10 @@ class RayOnDemand:
         self.started = True
         url = self.stack.enter_context(connected_ray(self.address, self.verbosity, self.dashboard))
         if self.verbosity >= 1:
-            for line in watch_lines(url, bool(self.address), self.settings.optuna_url):
+            for line in watch_lines(url, bool(self.address), self.settings.study_location):
                 print(line)
         if self.live:
-            live_url = self.stack.enter_context(optuna_dashboard(self.settings.optuna_url))
+            live_url = self.stack.enter_context(optuna_dashboard(self.settings.study_location))
             print(f"live:  optuna-dashboard at {live_url} (until the search ends)")
 
 
@@ -145,7 +148,7 @@ def open_study(settings: SearchSettings, data: Any, *, resume: bool, command: st
     from search_spaces import warm_start_points
 
     if resume:
-        study = SearchStudy.load(settings.optuna_url, settings.name)
+        study = SearchStudy.load(settings.study_location, settings.name)
         confirm = {"confirm_top": settings.confirm_top, "confirm_seeds": settings.confirm_seeds}
         if any(study.settings.get(key, 0) != value for key, value in confirm.items()):
             study.save_settings({**study.settings, **confirm})  # asked for on this resume
@@ -157,7 +160,7 @@ def open_study(settings: SearchSettings, data: Any, *, resume: bool, command: st
     if settings.space != "seed22" and not settings.warm_start:
         points = []
     study = SearchStudy.create(
-        settings.optuna_url,
+        settings.study_location,
         settings.name,
         directions,
         settings.to_dict(),
@@ -437,6 +440,7 @@ def make_searcher(
         num_samples=settings.num_samples,
         continuing=continuing,
         metric=ASHA_METRIC,
+        ask_ahead=settings.sampler == "random",  # it learns nothing from results
     )
 
 
@@ -516,7 +520,7 @@ def experiment_metadata(settings: SearchSettings, data: Any, command: str) -> di
         "git_commit": git_commit(),
         "command": command,
         "num_samples": settings.num_samples,
-        "optuna_storage": redact(settings.optuna_url),
+        "optuna_storage": redact(settings.study_location),
         "started_at": utc_now(),
     }
 

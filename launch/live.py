@@ -20,7 +20,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from launch.study import redact, without_password
+from launch.study import is_journal, redact, without_password
 from pico.errors import PicoError
 
 TOKEN_COMMAND = "ray get-auth-token"
@@ -58,7 +58,7 @@ def optuna_dashboard(study_url: str, log_path: str | None = None) -> Iterator[st
     from sqlalchemy.engine import make_url
 
     env = dict(os.environ)
-    if not study_url.startswith("sqlite"):
+    if not is_journal(study_url) and not study_url.startswith("sqlite"):
         password = make_url(study_url).password
         if password:
             env["PGPASSWORD"] = password

@@ -86,7 +86,8 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--output", help="results Parquet file [<storage>/<name>/results.parquet]")
     p.add_argument(
         "--optuna-storage",
-        help="Optuna RDB URL, e.g. postgresql://USER@HOST/DB [sqlite:///<storage>/<name>/study.db]",
+        help="the study's database, e.g. postgresql://USER@HOST/DB, or a journal file path "
+        "[<storage>/<name>/study.journal]",
     )
     p.add_argument("--corpus", help=f"training corpus [{d.corpus}]")
     p.add_argument("--tokenizer", help=f"tokenizer spec [{d.tokenizer}]")
@@ -198,6 +199,8 @@ def given_settings(args) -> dict:
         values["storage"] = str(Path(values["storage"]).resolve())
     if "output" in values:
         values["output"] = str(Path(values["output"]).resolve())
+    if "optuna_storage" in values and "://" not in values["optuna_storage"]:  # a journal file
+        values["optuna_storage"] = str(Path(values["optuna_storage"]).resolve())
     return values
 
 
@@ -249,7 +252,7 @@ def resumed_settings(given: dict, allowed: set[str] = RESUME_FLAGS) -> SearchSet
             f"{probe.store().uri(MANIFEST)} is damaged: not a JSON object (restore it from a "
             "backup, or start a new experiment)"
         )
-    url = given.get("optuna_storage") or manifest.get("study") or probe.optuna_url
+    url = given.get("optuna_storage") or manifest.get("study") or probe.study_location
     if url is None:
         raise PicoError(f"the manifest of {probe.name!r} names no study: pass --optuna-storage")
     study = SearchStudy.load(url, probe.name)
@@ -280,7 +283,7 @@ def export_results(settings: SearchSettings) -> int:
     from launch.export import export
     from launch.study import SearchStudy
 
-    study = SearchStudy.load(settings.optuna_url, settings.name)
+    study = SearchStudy.load(settings.study_location, settings.name)
     table = export(study, settings.store(), settings.results_path)
     print(f"{len(table.trials)} trials written to {settings.results_path}")
     return 0

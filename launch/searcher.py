@@ -5,6 +5,13 @@ trials the study holds as running (cut short by an interrupt or a crash: each co
 newest checkpoint), then asks the study's sampler for new ones until the study holds
 `num_samples`. It keeps no state of its own worth saving: a new run of the search builds a new
 searcher from the study. Recording what happens to the trials is `launch/recorder.py`'s job.
+
+With `ask_ahead`, the next new trial is asked as soon as one is handed out, behind the study's
+writes (launch/study.py), so that Tune's loop finds it ready instead of waiting for the storage.
+That is for what does not learn from results: the random sampler, and the plans of the ladder and
+the confirmation stage. A sampler that learns (TPE, GP, CMA-ES, NSGA-II) is asked when Tune asks,
+after every result told so far. A trial asked ahead when the search stops (a budget, an interrupt)
+is in the study unrun: it ends `stopped` with a spent budget, and `--resume` runs it.
 """
 
 from __future__ import annotations
@@ -12,6 +19,7 @@ from __future__ import annotations
 import warnings
 from collections import deque
 from collections.abc import Callable
+from concurrent.futures import Future
 from typing import Any
 
 import optuna
@@ -49,7 +57,8 @@ class StudySearcher(Searcher):
     """Suggests the study's unfinished trials, then new ones from its sampler (module docstring).
 
     `make_config(trial)` samples a trial's full TrainConfig dict; `continuing` are the numbers of
-    the trials to continue; `num_samples` is how many trials the study should hold in the end.
+    the trials to continue; `num_samples` is how many trials the study should hold in the end;
+    `ask_ahead`: see the module docstring.
     """
 
     def __init__(
@@ -60,6 +69,7 @@ class StudySearcher(Searcher):
         num_samples: int,
         continuing: list[int],
         metric: str,
+        ask_ahead: bool = False,
     ):
         super().__init__(metric=metric, mode="min")
         self.study = study
@@ -67,6 +77,8 @@ class StudySearcher(Searcher):
         self.num_samples = num_samples
         self.continuing = deque(continuing)
         self.created = study.asked()  # enqueued trials wait for `ask` to run them
+        self.ask_ahead = ask_ahead
+        self._ahead: tuple[Future, str | None] | None = None
 
     def suggest(self, trial_id: str) -> dict[str, Any] | str:
         """The config of the next trial to run, or FINISHED."""
@@ -81,16 +93,34 @@ class StudySearcher(Searcher):
         return {**config, SETTINGS_KEY: {"trial_id": trial_id_of(number), "confirms": confirms}}
 
     def trials_to_run(self) -> int:
-        """How many trials this searcher will hand out."""
+        """How many trials this searcher will hand out (before it has handed out any)."""
         return len(self.continuing) + max(0, self.num_samples - self.created)
 
     def new_trial(self) -> tuple[int, dict[str, Any], str | None] | None:
-        """A new trial from the sampler (its number, config and the trial it confirms: none),
-        until the study holds `num_samples`; else None."""
+        """The next new trial (its number, config and the trial it confirms), the one asked
+        ahead if there is one; else None."""
+        if self._ahead is not None:
+            (asked, confirms), self._ahead = self._ahead, None
+            number, config = self.study.take(asked)
+        else:
+            request = self.next_request()
+            if request is None:
+                return None
+            make_config, confirms = request
+            number, config = self.study.ask(make_config, confirms=confirms)
+        if self.ask_ahead and (request := self.next_request()) is not None:
+            make_config, ahead_confirms = request
+            asked = self.study.ask_behind(make_config, confirms=ahead_confirms)
+            self._ahead = (asked, ahead_confirms)
+        return number, config, confirms
+
+    def next_request(self) -> tuple[ConfigMaker, str | None] | None:
+        """How to make the next new trial's config, and the trial it confirms (none): the
+        sampler's, until the study holds `num_samples`; else None."""
         if self.created >= self.num_samples:
             return None
         self.created += 1
-        return *self.study.ask(self.make_config), None
+        return self.make_config, None
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False):
         """Nothing to do: the recorder tells the study how trials end."""
@@ -116,19 +146,21 @@ class ConfirmationSearcher(StudySearcher):
         continuing: list[int],
         metric: str,
     ):
-        super().__init__(study, None, num_samples=0, continuing=continuing, metric=metric)
+        super().__init__(
+            study, None, num_samples=0, continuing=continuing, metric=metric, ask_ahead=True
+        )
         self.plan = deque(plan)
 
     def trials_to_run(self) -> int:
-        """How many trials this searcher will hand out."""
+        """How many trials this searcher will hand out (before it has handed out any)."""
         return len(self.continuing) + len(self.plan)
 
-    def new_trial(self) -> tuple[int, dict[str, Any], str | None] | None:
+    def next_request(self) -> tuple[ConfigMaker, str | None] | None:
         """The plan's next trial, asked as a confirmation of its search trial; else None."""
         if not self.plan:
             return None
         confirms, config = self.plan.popleft()
-        return *self.study.ask(lambda trial: config, confirms=confirms), confirms
+        return (lambda trial: config), confirms
 
 
 class LadderSearcher(StudySearcher):
@@ -144,13 +176,20 @@ class LadderSearcher(StudySearcher):
         continuing: list[int],
         metric: str,
     ):
-        super().__init__(study, None, num_samples=len(plan), continuing=continuing, metric=metric)
+        super().__init__(
+            study,
+            None,
+            num_samples=len(plan),
+            continuing=continuing,
+            metric=metric,
+            ask_ahead=True,
+        )
         self.plan = plan
 
-    def new_trial(self) -> tuple[int, dict[str, Any], str | None] | None:
+    def next_request(self) -> tuple[ConfigMaker, str | None] | None:
         """The plan's next run, asked as a search trial; else None."""
         if self.created >= self.num_samples:
             return None
         config = self.plan[self.created]
         self.created += 1
-        return *self.study.ask(lambda trial: config), None
+        return (lambda trial: config), None

@@ -2,7 +2,7 @@
 
 An experiment lives in `<storage>/<name>/` (launch/storage.py): its manifest, the trial folders,
 `results.parquet` (unless `output` names another file) and, unless `optuna_storage` names a
-database, the Optuna study `study.db`, which holds these settings (launch/study.py).
+database, the Optuna study `study.journal`, which holds these settings (launch/study.py).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from launch.storage import MANIFEST, RESULTS, ExperimentStore, is_uri
-from launch.study import STUDY_FILE
+from launch.study import default_location
 from pico.config import TrainConfig
 from pico.errors import PicoError
 from pico.files import check_output, unwritable_reason
@@ -80,7 +80,7 @@ class SearchSettings:
     ladder: list[float] | None = None
     ladder_widths: list[int] = field(default_factory=lambda: [32, 48, 64, 96, 128])
     ladder_lrs: list[float] | None = None
-    optuna_storage: str | None = None  # an Optuna RDB URL; default SQLite in the experiment
+    optuna_storage: str | None = None  # a database URL or a journal file [the experiment's]
     wandb: str = "off"
     fail_at_step: int | None = None  # tests only: every trial fails once after this step
 
@@ -106,14 +106,15 @@ class SearchSettings:
         return self.output or f"{self.experiment_path}/{RESULTS}"
 
     @property
-    def optuna_url(self) -> str | None:
-        """The Optuna storage URL: the given one, or SQLite in a local experiment folder (None
-        for remote storage without one: `check_storage` refuses that)."""
+    def study_location(self) -> str | None:
+        """Where the Optuna study is: the given database URL, or the journal file in a local
+        experiment folder (None for remote storage without one: `check_storage` refuses that).
+        """
         if self.optuna_storage:
             return self.optuna_storage
         if self.is_remote:
             return None
-        return f"sqlite:///{Path(self.experiment_path) / STUDY_FILE}"
+        return default_location(self.experiment_path)
 
     @property
     def metrics(self) -> list[tuple[str, str]]:
@@ -257,7 +258,7 @@ def check_writable(folder: Path, what: str) -> None:
 def check_storage(settings: SearchSettings, resume: bool) -> None:
     """Fail before any work if the experiment cannot be written, would overwrite another, or
     would keep its study on a disk that can vanish."""
-    if settings.optuna_url is None:
+    if settings.study_location is None:
         raise PicoError(
             f"with --storage {settings.storage} the study needs a database every machine can "
             "reach: pass --optuna-storage postgresql://USER@HOST/DB (the password in PGPASSWORD "

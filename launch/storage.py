@@ -2,7 +2,7 @@
 
     <storage>/<name>/
         experiment.json               where the study is (written once, when the search starts)
-        study.db                      the Optuna study, unless --optuna-storage names a database
+        study.journal                 the Optuna study, unless --optuna-storage names a database
         results.parquet               derived from the study and the trial folders (docs/results.md)
         trials/<trial id>/evals/<step>.json        one file per evaluation, written by the trial
         trials/<trial id>/checkpoints/step-<step>/ the trial's last two checkpoints

@@ -10,18 +10,30 @@ search trial's config with a fresh seed, `confirms` naming that trial: launch/co
 confirmation runs only after the search phase has asked for all its trials, so no sampler decision
 ever sees a confirmation trial, and search-phase counts (`asked`) leave them out.
 
-The study lives in SQLite inside the experiment folder (`study.db`), or in the database that
-`--optuna-storage` names (PostgreSQL or MySQL on a cluster). A database URL's password is never
-stored or printed: `redact` shows it as `***`, and the manifest keeps the URL without it, so that a
-resume takes the password from where the database client looks for it (`PGPASSWORD`, `~/.pgpass`)
-or from `--optuna-storage` given again.
+The study lives in Optuna's journal file inside the experiment folder (`study.journal`, one JSON
+line per change, appended), or in the database that `--optuna-storage` names (PostgreSQL or MySQL
+on a cluster; `sqlite:///...` works too). A location with `://` is a database URL, any other a
+journal file: the form optuna-dashboard takes. An experiment made before the journal keeps its
+`study.db`. A database URL's password is never stored or printed: `redact` shows it as `***`, and
+the manifest keeps the URL without it, so that a resume takes the password from where the
+database client looks for it (`PGPASSWORD`, `~/.pgpass`) or from `--optuna-storage` given again.
+
+The driver's writes during a search (each result's intermediate value, ASHA's rung records,
+retries, each trial's ending) are applied in order by a thread of their own, so that Tune's loop,
+which the trials wait on, never waits for the storage: `ask` and every read first wait for the
+writes before them. A driver killed outright loses the writes not yet applied (milliseconds'
+worth); what they said is in the trial folders (launch/storage.py), and the trials they would have
+ended are continued from their last checkpoint by `--resume`.
 """
 
 from __future__ import annotations
 
 import math
+import queue
+import threading
 import warnings
 from collections.abc import Callable
+from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +43,8 @@ from optuna.trial import FrozenTrial, TrialState
 from launch import status
 from pico.errors import PicoError
 
-STUDY_FILE = "study.db"
+STUDY_FILE = "study.journal"
+LEGACY_STUDY_FILE = "study.db"
 SETTINGS_ATTR = "settings"
 METADATA_ATTR = "metadata"
 ENDED_AT_ATTR = "ended_at"
@@ -90,10 +103,27 @@ def without_password(url: str) -> str:
     return bare.render_as_string(hide_password=False)
 
 
-def open_storage(url: str) -> optuna.storages.RDBStorage:
-    """The Optuna storage at `url`; one PicoError line if it cannot be opened."""
+def is_journal(location: str) -> bool:
+    """Whether a study location is a journal file (else a database URL)."""
+    return "://" not in location
+
+
+def default_location(experiment_path: str) -> str:
+    """Where a local experiment keeps its study: its journal file, or the SQLite file of an
+    experiment made before the journal."""
+    legacy = Path(experiment_path) / LEGACY_STUDY_FILE
+    if legacy.is_file() and not (Path(experiment_path) / STUDY_FILE).exists():
+        return f"sqlite:///{legacy}"
+    return str(Path(experiment_path) / STUDY_FILE)
+
+
+def open_storage(url: str) -> optuna.storages.BaseStorage:
+    """The Optuna storage at `url` (a database URL or a journal file); one PicoError line if it
+    cannot be opened."""
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    if is_journal(url):
+        return _open_journal(url)
     try:
         storage = optuna.storages.RDBStorage(url)
     except Exception as exc:  # SQLAlchemy and the database drivers raise many kinds
@@ -103,6 +133,22 @@ def open_storage(url: str) -> optuna.storages.RDBStorage:
     if url.startswith("sqlite"):
         _sync_less_often(storage.engine)
     return storage
+
+
+def _open_journal(path: str) -> optuna.storages.JournalStorage:
+    """The journal file at `path`, read into memory (Optuna replays it). The lock is Optuna's
+    default, a symbolic link beside the file, which works on NFS too."""
+    from optuna.storages.journal import JournalFileBackend
+
+    try:
+        return optuna.storages.JournalStorage(JournalFileBackend(path))
+    except (ValueError, UnicodeDecodeError) as exc:  # json's errors are ValueErrors
+        raise PicoError(
+            f"the study file {path} is damaged ({type(exc).__name__}: {exc}): restore it from a "
+            "backup, or start a new experiment"
+        ) from None
+    except OSError as exc:
+        raise PicoError(f"cannot open the study file {path}: {exc.strerror or exc}") from None
 
 
 def _sync_less_often(engine: Any) -> None:
@@ -122,12 +168,75 @@ def _sync_less_often(engine: Any) -> None:
     engine.dispose()  # connections made before the listener get it when they are made again
 
 
-class SearchStudy:
-    """The study of one experiment, and every write the driver makes to it."""
+class WriteBehind:
+    """Runs writes in the order given, on a thread of its own (started at the first write).
 
-    def __init__(self, study: optuna.Study, storage: optuna.storages.BaseStorage):
+    `flush` waits until every write given so far is done. A write that fails fails every later
+    call (PicoError naming it): the writes after it are not made, since they may depend on it.
+    """
+
+    def __init__(self) -> None:
+        self._queue: queue.Queue[tuple[Callable[[], Any], Future] | None] = queue.Queue()
+        self._thread: threading.Thread | None = None
+        self._failure: str | None = None
+
+    def submit(self, write: Callable[[], Any]) -> Future:
+        """Queue `write`; the future holds what it returns once it has run."""
+        self._check()
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="pico-study", daemon=True)
+            self._thread.start()
+        future: Future = Future()
+        self._queue.put((write, future))
+        return future
+
+    def result(self, future: Future) -> Any:
+        """What a queued write returned, once it has run."""
+        value = future.result()  # None for a failed write: `_check` raises its error
+        self._check()
+        return value
+
+    def _run(self) -> None:
+        while True:
+            item = self._queue.get()
+            try:
+                if item is None:
+                    return
+                write, future = item
+                future.set_result(write() if self._failure is None else None)
+            except Exception as exc:  # the storage's errors are many kinds; shown at `_check`
+                self._failure = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0]}"
+                future.set_result(None)
+            finally:
+                self._queue.task_done()
+
+    def flush(self) -> None:
+        """Wait until the writes given so far are done."""
+        self._queue.join()
+        self._check()
+
+    def close(self) -> None:
+        """Flush and stop the thread."""
+        if self._thread is not None:
+            self._queue.put(None)
+            self._thread.join()
+            self._thread = None
+        self._check()
+
+    def _check(self) -> None:
+        if self._failure is not None:
+            raise PicoError(f"could not write the Optuna study: {self._failure}")
+
+
+class SearchStudy:
+    """The study of one experiment, and every write the driver makes to it (module docstring:
+    the search's own writes are made behind it; every read waits for them)."""
+
+    def __init__(self, study: optuna.Study, storage: optuna.storages.BaseStorage, location: str):
         self.study = study
         self.storage = storage
+        self.location = location
+        self._writes = WriteBehind()
         self._study_id = storage.get_study_id_from_name(study.study_name)
         self._trial_ids: dict[int, int] = {}  # trial number -> storage id
         # The driver is the study's only writer, so it knows without asking the database which
@@ -138,12 +247,20 @@ class SearchStudy:
         self.multi_objective = len(study.directions) > 1
 
     def __getstate__(self) -> dict[str, Any]:
-        """A pickle keeps where the study is, without the password, and no connection: Tune
-        pickles its searcher, scheduler and callbacks into its scratch state (never read back,
-        and left behind by a killed driver), where the storage would carry the password."""
-        url = getattr(self.storage, "url", None)
-        where = without_password(url) if isinstance(url, str) else None
-        return {**self.__dict__, "study": None, "storage": None, "where": where}
+        """A pickle keeps where the study is, without the password, and no connection or
+        thread: Tune pickles its searcher, scheduler and callbacks into its scratch state (never
+        read back, and left behind by a killed driver), where the storage would carry the
+        password."""
+        where = without_password(self.location)
+        return {**self.__dict__, "study": None, "storage": None, "_writes": None, "location": where}
+
+    def flush(self) -> None:
+        """Wait until the writes made so far are in the storage."""
+        self._writes.flush()
+
+    def close(self) -> None:
+        """Flush the writes and stop their thread (a later write starts it again)."""
+        self._writes.close()
 
     # ------------------------------------------------------------------ opening
 
@@ -180,20 +297,23 @@ class SearchStudy:
         study.set_user_attr(METADATA_ATTR, metadata)
         for params in enqueue:
             study.enqueue_trial(params)
-        return cls(study, storage)
+        return cls(study, storage, url)
 
     @classmethod
     def load(cls, url: str, name: str) -> SearchStudy:
         """The existing study `name` at `url`; PicoError if there is none."""
-        sqlite_file = url.removeprefix("sqlite:///") if url.startswith("sqlite:///") else None
-        if sqlite_file and not Path(sqlite_file).is_file():  # SQLite would make an empty one
-            raise PicoError(f"the study file {sqlite_file} is missing: no study {name!r} to load")
+        if is_journal(url):
+            study_file = url
+        else:
+            study_file = url.removeprefix("sqlite:///") if url.startswith("sqlite:///") else None
+        if study_file and not Path(study_file).is_file():  # both would make an empty one
+            raise PicoError(f"the study file {study_file} is missing: no study {name!r} to load")
         storage = open_storage(url)
         try:
             study = optuna.load_study(study_name=name, storage=storage)
         except KeyError:
             raise PicoError(f"the Optuna storage {redact(url)} holds no study {name!r}") from None
-        return cls(study, storage)
+        return cls(study, storage, url)
 
     def use_sampler(self, sampler: optuna.samplers.BaseSampler) -> None:
         """Sample new trials with `sampler` (samplers keep no state that needs saving)."""
@@ -202,26 +322,31 @@ class SearchStudy:
     @property
     def settings(self) -> dict[str, Any]:
         """The search settings the study was created with."""
+        self.flush()
         return self.study.user_attrs[SETTINGS_ATTR]
 
     @property
     def metadata(self) -> dict[str, Any]:
         """The experiment metadata, with `ended_at` once the search has ended."""
+        self.flush()
         attrs = self.study.user_attrs
         return {**attrs.get(METADATA_ATTR, {}), ENDED_AT_ATTR: attrs.get(ENDED_AT_ATTR)}
 
     def save_settings(self, settings: dict[str, Any]) -> None:
         """Replace the stored settings (a resume that asks for a confirmation stage)."""
+        self.flush()
         self.study.set_user_attr(SETTINGS_ATTR, settings)
 
     def mark_ended(self, when: str) -> None:
         """Record that the search has ended (every trial finished, or a budget ran out)."""
+        self.flush()
         self.study.set_user_attr(ENDED_AT_ATTR, when)
 
     # ------------------------------------------------------------------ trials
 
     def trials(self) -> list[FrozenTrial]:
         """Every trial, in order of creation."""
+        self.flush()
         return self.study.get_trials(deepcopy=False)
 
     def asked(self, phase: str = SEARCH) -> int:
@@ -232,6 +357,7 @@ class SearchStudy:
     def unfinished(self, phase: str | None = None) -> list[int]:
         """Numbers of the trials (of `phase`, or all) that were given a config and have not
         ended."""
+        self.flush()
         running = self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
         return [
             t.number
@@ -241,6 +367,7 @@ class SearchStudy:
 
     def confirms(self, number: int) -> str | None:
         """The trial id that trial `number` confirms (None for a search trial)."""
+        self.flush()
         return self.storage.get_trial_user_attrs(self._storage_id(number)).get(CONFIRMS_ATTR)
 
     def confirmations(self) -> set[tuple[str, int]]:
@@ -254,6 +381,10 @@ class SearchStudy:
     def unconfigured(self) -> list[int]:
         """Numbers of the trials created without a config: the driver died between creating a
         trial and storing its config, so it never ran."""
+        self.flush()
+        return self._unconfigured_now()
+
+    def _unconfigured_now(self) -> list[int]:
         running = self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
         return [t.number for t in running if CONFIG_ATTR not in t.user_attrs]
 
@@ -266,9 +397,31 @@ class SearchStudy:
         """Create a trial (an enqueued one first) and store its exact config; returns its number
         and config. With `confirms` (a trial id) it is a confirmation trial of that trial. A
         trial left without its config (`unconfigured`) gets one first, in its own place, so that
-        it does not stay in the study beside the trial that replaces it."""
+        it does not stay in the study beside the trial that replaces it. The sampler sees every
+        write made before (they are flushed first)."""
+        self.flush()
+        return self._ask(make_config, confirms)
+
+    def ask_behind(
+        self,
+        make_config: Callable[[optuna.Trial], dict[str, Any]],
+        *,
+        confirms: str | None = None,
+    ) -> Future:
+        """`ask`, made behind like the writes (after those given before it, not waiting for
+        them): the future holds its (number, config), for `take`. For what does not read the
+        results told so far: the random sampler, a plan."""
+        return self._writes.submit(lambda: self._ask(make_config, confirms))
+
+    def take(self, asked: Future) -> tuple[int, dict]:
+        """The (number, config) of a trial asked with `ask_behind`, once it is in the study."""
+        return self._writes.result(asked)
+
+    def _ask(
+        self, make_config: Callable[[optuna.Trial], dict[str, Any]], confirms: str | None
+    ) -> tuple[int, dict]:
         if self._unconfigured is None:
-            self._unconfigured = self.unconfigured()
+            self._unconfigured = self._unconfigured_now()
         if self._unconfigured:
             number = self._unconfigured.pop(0)
             trial = optuna.Trial(self.study, self._storage_id(number))
@@ -291,20 +444,28 @@ class SearchStudy:
 
     def config(self, number: int) -> dict[str, Any]:
         """The exact config trial `number` trains with."""
+        self.flush()
         return self.storage.get_trial_user_attrs(self._storage_id(number))[CONFIG_ATTR]
 
     def set_attr(self, number: int, key: str, value: Any) -> None:
-        """Set a user attribute of a running trial."""
-        self.storage.set_trial_user_attr(self._storage_id(number), key, value)
+        """Set a user attribute of a running trial (written behind)."""
+        self._writes.submit(
+            lambda: self.storage.set_trial_user_attr(self._storage_id(number), key, value)
+        )
 
     def report(self, number: int, step: int, value: float) -> None:
         """Record an intermediate value of a running trial (single-objective studies keep them).
-        A trial continued from a checkpoint reports some steps again, with the same values."""
+        A trial continued from a checkpoint reports some steps again, with the same values.
+        Written behind."""
         if self.multi_objective or not math.isfinite(value) or number in self._ended:
             return
         if (number, step) not in self._reported:
-            self.storage.set_trial_intermediate_value(self._storage_id(number), step, value)
             self._reported.add((number, step))
+            self._writes.submit(
+                lambda: self.storage.set_trial_intermediate_value(
+                    self._storage_id(number), step, value
+                )
+            )
 
     def finish(
         self,
@@ -316,17 +477,23 @@ class SearchStudy:
         error: str | None = None,
     ) -> bool:
         """Tell the study how a trial ended (a Pico status) and at which step (None: before its
-        first evaluation); False if it had already ended."""
-        trial_id = self._storage_id(number)
-        if number in self._ended or self.storage.get_trial(trial_id).state != TrialState.RUNNING:
+        first evaluation); False if it had already ended. Written behind: only running trials
+        are handed out or stopped, and the driver is the study's only writer, so it knows which
+        have ended without asking the storage."""
+        if number in self._ended:
             return False
         self._ended.add(number)
-        self.storage.set_trial_user_attr(trial_id, status.STATUS_ATTR, outcome)
-        self.storage.set_trial_user_attr(trial_id, LAST_STEP_ATTR, last_step or 0)
-        if error is not None:
-            self.storage.set_trial_user_attr(trial_id, ERROR_ATTR, error)
         state = status.OPTUNA_STATE[outcome]
-        self.study.tell(number, values if state == TrialState.COMPLETE else None, state=state)
+
+        def write() -> None:
+            trial_id = self._storage_id(number)
+            self.storage.set_trial_user_attr(trial_id, status.STATUS_ATTR, outcome)
+            self.storage.set_trial_user_attr(trial_id, LAST_STEP_ATTR, last_step or 0)
+            if error is not None:
+                self.storage.set_trial_user_attr(trial_id, ERROR_ATTR, error)
+            self.study.tell(number, values if state == TrialState.COMPLETE else None, state=state)
+
+        self._writes.submit(write)
         return True
 
 

@@ -78,7 +78,7 @@ def summary_lines(settings: SearchSettings, table: ResultsTable) -> list[str]:
     lines += [
         f"results: {path}",
         f"report:  python analysis/report.py {path}",
-        f"optuna:  optuna-dashboard {redact(settings.optuna_url)}",
+        f"optuna:  optuna-dashboard {redact(settings.study_location)}",
     ]
     best = best_per_arch(last, metric, mode)
     if not best.empty:

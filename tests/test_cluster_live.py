@@ -8,7 +8,7 @@ over the nodes, a trial on a worker that dies resumes from its checkpoint elsewh
 driver's search finishes with `--resume`, and so does a search whose whole cluster was lost, from
 the storage folder alone; every trial ends up once in the study and the Parquet file.
 
-A search keeps its state in the storage folder (launch/storage.py): the Optuna study `study.db`
+A search keeps its state in the storage folder (launch/storage.py): the Optuna study `study.journal`
 and one folder per trial, `trials/<trial id>/`, with `evals/<step>.json` and
 `checkpoints/step-<step>/`. The tests read those, as a user would, and nothing of Tune's.
 
@@ -26,7 +26,6 @@ import secrets
 import shutil
 import signal
 import socket
-import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -41,6 +40,7 @@ import pandas as pd
 import pytest
 
 from launch.cluster_dashboard import TRIAL_ACTOR_CLASS, Dashboard, describe
+from launch.study import STUDY_FILE, open_storage
 from pico.errors import PicoError
 
 pytestmark = pytest.mark.slow
@@ -317,18 +317,18 @@ def evaluations(experiment: Path) -> dict[str, list[dict[str, Any]]]:
 
 def study_states(experiment: Path) -> list[str]:
     """The Optuna state of each trial of the experiment's study, read while a search writes it
-    (none before it exists, or while it is being written)."""
-    uri = f"file:{experiment / 'study.db'}?mode=ro"
+    (none before the study exists)."""
+    if not (experiment / STUDY_FILE).is_file():
+        return []
     try:
-        with contextlib.closing(sqlite3.connect(uri, uri=True, timeout=1)) as db:
-            return [state for (state,) in db.execute("SELECT state FROM trials ORDER BY number")]
-    except sqlite3.Error:
+        return [trial.state.name for trial in study_trials(experiment).values()]
+    except KeyError:  # the file is there, the study not yet
         return []
 
 
 def study_trials(experiment: Path) -> dict[str, optuna.trial.FrozenTrial]:
-    """The trials of the experiment's study (its default SQLite `study.db`), by trial id."""
-    storage = f"sqlite:///{experiment / 'study.db'}"
+    """The trials of the experiment's study (its default journal file), by trial id."""
+    storage = open_storage(str(experiment / STUDY_FILE))
     study = optuna.load_study(study_name=experiment.name, storage=storage)
     return {f"{trial.number:05d}": trial for trial in study.trials}
 

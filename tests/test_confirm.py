@@ -54,7 +54,7 @@ def test_the_best_trials_of_each_architecture_are_chosen_full_runs_first():
 def test_confirmation_trials_are_their_own_phase_in_the_study(tmp_path):
     settings = SearchSettings(name="exp", storage=str(tmp_path), num_samples=2)
     (tmp_path / "exp").mkdir()
-    study = SearchStudy.create(settings.optuna_url, "exp", ["minimize"], settings.to_dict(), {})
+    study = SearchStudy.create(settings.study_location, "exp", ["minimize"], settings.to_dict(), {})
     study.use_sampler(make_sampler("random", seed=0))
     space = lambda trial: {"arch": "lstm", "lr": trial.suggest_float("lr", 1e-4, 1e-2)}  # noqa: E731
     search = StudySearcher(study, space, num_samples=2, continuing=[], metric="val_loss")
@@ -68,13 +68,14 @@ def test_confirmation_trials_are_their_own_phase_in_the_study(tmp_path):
     suggested = confirm.suggest("d")
     assert suggested["_pico"] == {"trial_id": "00002", "confirms": "00000"}
     assert suggested["seed"] == 7 and suggested["lr"] == first["lr"]
-    # The search phase's counts leave confirmation trials out; the study knows each one.
-    assert study.asked(SEARCH) == 2 and study.asked(CONFIRM) == 1
-    assert study.confirmations() == {("00000", 7)}
-    assert study.unfinished(CONFIRM) == [2] and study.unfinished(SEARCH) == [0, 1]
-    assert [phase_of(t) for t in study.trials()] == [SEARCH, SEARCH, CONFIRM]
-    # A resumed stage continues its unfinished trial, with what it confirms.
-    again = ConfirmationSearcher(study, plan[1:], continuing=[2], metric="val_loss")
+    # The plan's next trial was asked ahead, as a confirmation too. The search phase's counts
+    # leave confirmation trials out; the study knows each one.
+    assert study.asked(SEARCH) == 2 and study.asked(CONFIRM) == 2
+    assert study.confirmations() == {("00000", 7), ("00000", 8)}
+    assert study.unfinished(CONFIRM) == [2, 3] and study.unfinished(SEARCH) == [0, 1]
+    assert [phase_of(t) for t in study.trials()] == [SEARCH, SEARCH, CONFIRM, CONFIRM]
+    # A resumed stage continues its unfinished trials, with what they confirm, and asks nothing.
+    again = ConfirmationSearcher(study, [], continuing=[2, 3], metric="val_loss")
     assert again.suggest("e")["_pico"] == {"trial_id": "00002", "confirms": "00000"}
     assert again.suggest("f")["_pico"] == {"trial_id": "00003", "confirms": "00000"}
     assert again.suggest("g") == Searcher.FINISHED
@@ -132,7 +133,7 @@ def test_a_search_then_its_confirmation_in_one_study_and_one_file(
     # Seeds matter: two seeds of one config do not give the same loss.
     assert confirm.groupby("confirms").val_loss.nunique().eq(2).all()
 
-    study = SearchStudy.load(settings.optuna_url, "exp")
+    study = SearchStudy.load(settings.study_location, "exp")
     assert study.asked(SEARCH) == 4 and study.asked(CONFIRM) == 4
     assert pd.read_parquet(settings.results_path).equals(
         build_table(study, settings.store()).to_arrow().to_pandas()
@@ -146,7 +147,7 @@ def test_a_search_then_its_confirmation_in_one_study_and_one_file(
     assert more.ended and len(more.table.trials) == 10
     new = pd.read_parquet(settings.results_path).query("is_last and phase == 'confirm'")
     assert sorted(new[new.seed == 3].confirms) == ["00000", "00001"]
-    assert SearchStudy.load(settings.optuna_url, "exp").settings["confirm_seeds"] == 3
+    assert SearchStudy.load(settings.study_location, "exp").settings["confirm_seeds"] == 3
 
 
 def test_no_confirm_contradicting_the_stage_flags_is_one_line_and_exit_2(repo_root, tmp_path):

@@ -143,7 +143,7 @@ CASES = [
     case("damaged", "search", "--storage", "{W}/damaged", "--name", "list_manifest", "--resume",
          message="experiment.json is damaged"),
     case("damaged", "search", "--storage", "{W}/damaged", "--name", "junk_study", "--resume",
-         message="study.db"),
+         message="study.journal is damaged"),
     # 3. Outputs that cannot be written.
     case("unwritable", "report", RESULTS, "--out", "{W}/afile/r.html", message="afile"),
     case("unwritable", "report", RESULTS, "--out", "{W}/search", message="is a folder"),
@@ -311,7 +311,7 @@ def world(repo_root, tmp_path_factory) -> Path:
     for name, manifest in manifests.items():
         (damaged / name).mkdir(parents=True)
         (damaged / name / "experiment.json").write_text(manifest)
-    (damaged / "junk_study" / "study.db").write_bytes(b"not a database" * 100)
+    (damaged / "junk_study" / "study.journal").write_bytes(b"not a journal\n" * 100)
     (root / "experiments").mkdir()
     (root / "cwd").mkdir()  # where commands run: a default output would land here
     return root

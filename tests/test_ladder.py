@@ -308,7 +308,7 @@ def test_a_ladder_runs_its_plan_to_convergence_and_resumes_without_rerunning(ray
 
     again = run_search(settings, resume=True, verbosity=0)
     assert again.ended and len(again.table.trials) == 6
-    assert SearchStudy.load(settings.optuna_url, "ladder").asked(SEARCH) == 6
+    assert SearchStudy.load(settings.study_location, "ladder").asked(SEARCH) == 6
 
 
 def test_the_scaling_benchmark_records_its_prediction_before_running_the_held_out_budget(

@@ -31,6 +31,7 @@ import pytest
 from test_report import png_is_blank
 
 from launch import live
+from launch.study import STUDY_FILE, open_storage
 from pico.errors import PicoError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -51,7 +52,7 @@ REPR = re.compile(rf"pico_{re.escape(NAME)} trial (\d{{5}}) \((\w+)\)")
 WATCH_RAY = re.compile(
     r"^watch: Ray dashboard (http://127\.0\.0\.1:\d+); its token: `ray get-auth-token`$"
 )
-WATCH_OPTUNA = re.compile(r"^watch: optuna-dashboard sqlite:///\S+/study\.db$")
+WATCH_OPTUNA = re.compile(r"^watch: optuna-dashboard /\S+/study\.journal$")
 LIVE = re.compile(
     r"^live:  optuna-dashboard at (http://127\.0\.0\.1:(\d+)) \(until the search ends\)$"
 )
@@ -408,14 +409,14 @@ async def check_ray_dashboard(devtools: int, url: str, token: str, shots: Path) 
     return shown
 
 
-def complete_and_pruned(study_db: Path, timeout: float) -> tuple[int, int]:
+def complete_and_pruned(study_file: Path, timeout: float) -> tuple[int, int]:
     """The numbers of a complete and of a pruned trial of the study, once it has both."""
     import optuna
     from optuna.trial import TrialState
 
     deadline = time.monotonic() + timeout
     while True:
-        study = optuna.load_study(study_name=NAME, storage=f"sqlite:///{study_db}")
+        study = optuna.load_study(study_name=NAME, storage=open_storage(str(study_file)))
         found = {}
         for trial in study.get_trials(deepcopy=False):
             found.setdefault(trial.state, trial.number)
@@ -425,7 +426,7 @@ def complete_and_pruned(study_db: Path, timeout: float) -> tuple[int, int]:
         time.sleep(2)
 
 
-async def check_optuna_dashboard(devtools: int, url: str, study_db: Path, shots: Path) -> None:
+async def check_optuna_dashboard(devtools: int, url: str, study_file: Path, shots: Path) -> None:
     """The study is listed, and its trials page shows a complete and a pruned trial."""
     with urllib.request.urlopen(f"{url}/api/studies", timeout=30) as response:
         studies = {s["study_name"]: s["study_id"] for s in json.load(response)["study_summaries"]}
@@ -435,7 +436,7 @@ async def check_optuna_dashboard(devtools: int, url: str, study_db: Path, shots:
         await page.text_when(lambda t: NAME in t)
         assert not png_is_blank(await page.screenshot(shots / "optuna_studies.png"))
 
-        complete, pruned = complete_and_pruned(study_db, 2 * PAGE_S)
+        complete, pruned = complete_and_pruned(study_file, 2 * PAGE_S)
         await page.goto(
             f"{url}/dashboard/studies/{studies[NAME]}/trials?numbers={complete},{pruned}"
         )
@@ -489,8 +490,8 @@ def test_a_running_search_seen_in_both_dashboards(tmp_path):
 
         with chromium(tmp_path / "chromium") as devtools:
             shown = asyncio.run(check_ray_dashboard(devtools, ray_url, token, shots))
-            study_db = tmp_path / "experiments" / NAME / "study.db"
-            asyncio.run(check_optuna_dashboard(devtools, optuna_url, study_db, shots))
+            study_file = tmp_path / "experiments" / NAME / STUDY_FILE
+            asyncio.run(check_optuna_dashboard(devtools, optuna_url, study_file, shots))
         assert search.poll() is None, "the search ended before the dashboards were checked"
         # Each actor names a trial of this search, as Tune's table does: `<arch>_<trial id>`.
         for trial in shown:

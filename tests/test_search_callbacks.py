@@ -1,5 +1,5 @@
 """The Tune callbacks, stopper and scheduler on their own, fed the events Tune would send, with a
-real study in SQLite."""
+real study in its journal file."""
 
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ def make_study(tmp_path, trials: int = 0) -> SearchStudy:
     """A study holding `trials` running trials."""
     settings = SearchSettings(name="exp", storage=str(tmp_path), max_steps=MAX_STEPS)
     (tmp_path / "exp").mkdir(exist_ok=True)
-    study = SearchStudy.create(settings.optuna_url, "exp", ["minimize"], settings.to_dict(), {})
+    study = SearchStudy.create(settings.study_location, "exp", ["minimize"], settings.to_dict(), {})
     for _ in range(trials):
         study.ask(lambda trial: TrainConfig(arch="lstm").to_dict())
     return study

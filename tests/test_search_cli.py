@@ -12,13 +12,12 @@ import sys
 import time
 from pathlib import Path
 
-import optuna
 import pandas as pd
 import pytest
 
 from launch.settings import SearchSettings
 from launch.storage import MANIFEST
-from launch.study import SearchStudy
+from launch.study import STUDY_FILE, SearchStudy
 
 TINY_RUN = [
     "--space", "tiny", "--max-steps", "60", "--eval-interval", "10", "--eval-tokens", "256",
@@ -44,7 +43,7 @@ def existing(tmp_path) -> Path:
     folder = tmp_path / "exp" / "old"
     folder.mkdir(parents=True)
     settings = SearchSettings(space="tiny", name="old", max_steps=60, storage=str(folder.parent))
-    SearchStudy.create(settings.optuna_url, "old", ["minimize"], settings.to_dict(), {})
+    SearchStudy.create(settings.study_location, "old", ["minimize"], settings.to_dict(), {})
     (folder / MANIFEST).write_text('{"format": 1, "study": null}')
     (folder / "results.parquet").write_bytes(b"precious")
     return folder
@@ -138,7 +137,7 @@ def kill_group(process: subprocess.Popen) -> None:
 
 def study_and_results(storage: Path, name: str) -> tuple[dict, pd.DataFrame]:
     """Pico status of every study trial, and the results file's last rows, by trial id."""
-    study = optuna.load_study(study_name=name, storage=f"sqlite:///{storage / name / 'study.db'}")
+    study = SearchStudy.load(str(storage / name / STUDY_FILE), name).study
     told = {f"{t.number:05d}": t.user_attrs.get("status", t.state.name) for t in study.trials}
     last = pd.read_parquet(storage / name / "results.parquet").query("is_last")
     return told, last.set_index("trial_id")

@@ -241,7 +241,7 @@ def test_a_reused_experiment_must_have_been_run_with_the_same_settings(tmp_path)
     assert search_efficiency.state(settings) == "new"
     Path(settings.experiment_path).mkdir(parents=True)
     study = SearchStudy.create(
-        settings.optuna_url, settings.name, ["minimize"], settings.to_dict(), {}
+        settings.study_location, settings.name, ["minimize"], settings.to_dict(), {}
     )
     settings.store().write_manifest({"format": 1, "study": None})
     assert search_efficiency.state(settings) == "unfinished"

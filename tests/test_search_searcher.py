@@ -20,7 +20,7 @@ def tiny_config(trial: optuna.Trial) -> dict:
 def test_unfinished_trials_first_then_new_ones_up_to_the_number_requested(tmp_path):
     settings = SearchSettings(name="exp", storage=str(tmp_path))
     (tmp_path / "exp").mkdir()
-    study = SearchStudy.create(settings.optuna_url, "exp", ["minimize"], settings.to_dict(), {})
+    study = SearchStudy.create(settings.study_location, "exp", ["minimize"], settings.to_dict(), {})
     study.use_sampler(make_sampler("random", seed=0))
     for _ in range(3):
         study.ask(tiny_config)
@@ -42,7 +42,7 @@ def test_enqueued_configs_come_first_and_count_once(tmp_path):
     (tmp_path / "exp").mkdir()
     points = [{"lr": 5e-3}, {"lr": 7e-3}]  # as --warm-start and --space seed22 enqueue them
     study = SearchStudy.create(
-        settings.optuna_url, "exp", ["minimize"], settings.to_dict(), {}, enqueue=points
+        settings.study_location, "exp", ["minimize"], settings.to_dict(), {}, enqueue=points
     )
     searcher = StudySearcher(study, tiny_config, num_samples=2, continuing=[], metric="val_loss")
     assert [searcher.suggest(f"tune_{i}")["lr"] for i in range(2)] == [5e-3, 7e-3]
@@ -72,11 +72,12 @@ def test_a_resumed_search_draws_new_configs_not_the_first_runs_again(tmp_path):
         name="exp", storage=str(tmp_path), space="tiny", sampler="random", num_samples=4
     )
     (tmp_path / "exp").mkdir()
-    study = SearchStudy.create(settings.optuna_url, "exp", ["minimize"], settings.to_dict(), {})
+    study = SearchStudy.create(settings.study_location, "exp", ["minimize"], settings.to_dict(), {})
     first = make_searcher(settings, study, continuing=[])
     before = [first.suggest(f"tune_{i}") for i in range(2)]
     # An interrupt, then a resume: a new searcher from the study.
-    resumed = make_searcher(settings, SearchStudy.load(settings.optuna_url, "exp"), continuing=[])
+    reopened = SearchStudy.load(settings.study_location, "exp")
+    resumed = make_searcher(settings, reopened, continuing=[])
     after = [resumed.suggest(f"tune_{i}") for i in range(2, 4)]
     params = [{k: v for k, v in c.items() if k != "_pico"} for c in before + after]
     assert len({repr(sorted(p.items())) for p in params}) == 4
@@ -86,9 +87,9 @@ def test_a_resumed_search_draws_new_configs_not_the_first_runs_again(tmp_path):
 def test_a_trial_left_without_its_config_gets_one_in_its_own_place(tmp_path):
     settings = SearchSettings(name="exp", storage=str(tmp_path))
     (tmp_path / "exp").mkdir()
-    study = SearchStudy.create(settings.optuna_url, "exp", ["minimize"], settings.to_dict(), {})
+    study = SearchStudy.create(settings.study_location, "exp", ["minimize"], settings.to_dict(), {})
     study.study.ask()  # the driver died right after creating trial 0, before storing its config
-    resumed = SearchStudy.load(settings.optuna_url, "exp")
+    resumed = SearchStudy.load(settings.study_location, "exp")
     searcher = StudySearcher(resumed, tiny_config, num_samples=2, continuing=[], metric="val_loss")
     ids = [searcher.suggest(f"tune_{i}")["_pico"]["trial_id"] for i in range(2)]
     assert ids == ["00000", "00001"] and searcher.suggest("tune_2") == Searcher.FINISHED

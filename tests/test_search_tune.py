@@ -112,7 +112,7 @@ def test_search_with_asha_divergence_and_wandb(ray_session, spaces, tmp_path):
     assert meta["scheduler"]["name"] == "asha" and meta["ended_at"]
 
     # The Optuna study, in the experiment's SQLite file, tells the truth about each trial.
-    study = optuna.load_study(study_name="exp", storage=settings.optuna_url)
+    study = SearchStudy.load(settings.study_location, "exp").study
     states = {f"{t.number:05d}": t for t in study.trials}
     for trial_id, row in last.iterrows():
         trial = states[trial_id]
@@ -172,7 +172,7 @@ def test_multi_objective_search_prints_a_pareto_set(ray_session, spaces, tmp_pat
         tmp_path, num_samples=4, sampler="nsga2", objectives=["val_loss", "n_params"]
     )
     outcome = run_search(settings, verbosity=0)
-    study = optuna.load_study(study_name="exp", storage=settings.optuna_url)
+    study = SearchStudy.load(settings.study_location, "exp").study
     assert len(study.directions) == 2
     completed = [t for t in study.trials if t.state == TrialState.COMPLETE]
     assert completed and all(len(t.values) == 2 for t in completed)
@@ -191,7 +191,7 @@ def test_a_time_budget_stops_the_search(ray_session, spaces, tmp_path):
     run_search(settings, verbosity=0)
     last = last_rows(settings.results_path)
     assert set(last.status) == {"stopped"}, last.status.value_counts()
-    study = optuna.load_study(study_name="exp", storage=settings.optuna_url)
+    study = SearchStudy.load(settings.study_location, "exp").study
     assert {t.state for t in study.trials} <= {TrialState.PRUNED, TrialState.FAIL}
     assert any(t.state == TrialState.PRUNED for t in study.trials)
 
@@ -203,7 +203,7 @@ def test_a_resumed_search_stops_trials_against_the_records_made_before(
     run_search(settings, verbosity=0)
     # What an interrupt between trials leaves: two finished trials of four requested. (Changing
     # the stored request is the one way to stop a search between two trials without timing luck.)
-    study = SearchStudy.load(settings.optuna_url, "exp")
+    study = SearchStudy.load(settings.study_location, "exp")
     study.study.set_user_attr("settings", {**study.settings, "num_samples": 4})
     resumed = SearchSettings.from_dict({**study.settings, "num_samples": 4})
 
@@ -232,7 +232,7 @@ def test_resume_never_unpickles_anything_in_the_experiment_folder(ray_session, s
     settings = tiny_settings(tmp_path, num_samples=2, max_concurrent=1, scheduler="fifo")
     run_search(settings, verbosity=0)
     # A third trial the driver had started when it died, and a fourth it never asked for.
-    study = SearchStudy.load(settings.optuna_url, "exp")
+    study = SearchStudy.load(settings.study_location, "exp")
     study.study.set_user_attr("settings", {**study.settings, "num_samples": 4})
     resumed = SearchSettings.from_dict({**study.settings, "num_samples": 4})
     study.ask(lambda trial: {**settings.fixed_fields(), **tiny_space(trial)})
@@ -270,7 +270,7 @@ def test_the_results_file_is_a_function_of_the_study_and_the_trial_folders(
 
     settings = tiny_settings(tmp_path, space="alternating", num_samples=4)
     run_search(settings, verbosity=0)
-    rebuilt = build_table(SearchStudy.load(settings.optuna_url, "exp"), settings.store())
+    rebuilt = build_table(SearchStudy.load(settings.study_location, "exp"), settings.store())
     live, derived = pq.read_table(settings.results_path), rebuilt.to_arrow()
     assert live.schema.equals(derived.schema, check_metadata=True)
     assert live.to_pandas().equals(derived.to_pandas())  # NaN (the diverged trial) equals NaN

@@ -1,0 +1,100 @@
+"""The study's writes made behind Tune's loop (launch/study.py): in order, all in the storage at
+the next read, failures shown, and asking ahead giving the trials asking in turn would."""
+
+from __future__ import annotations
+
+import pickle
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from launch import status
+from launch.searcher import StudySearcher, make_sampler
+from launch.settings import SearchSettings
+from launch.study import LEGACY_STUDY_FILE, STUDY_FILE, SearchStudy, WriteBehind
+from pico.errors import PicoError
+
+
+def new_study(tmp_path, name: str = "exp") -> tuple[SearchSettings, SearchStudy]:
+    settings = SearchSettings(name=name, storage=str(tmp_path), num_samples=4)
+    (tmp_path / name).mkdir(exist_ok=True)
+    study = SearchStudy.create(settings.study_location, name, ["minimize"], settings.to_dict(), {})
+    return settings, study
+
+
+def space(trial: optuna.Trial) -> dict:
+    return {"arch": "lstm", "lr": trial.suggest_float("lr", 1e-4, 1e-2, log=True)}
+
+
+def test_writes_made_behind_are_in_the_storage_at_the_next_read(tmp_path):
+    settings, study = new_study(tmp_path)
+    assert settings.study_location == str(tmp_path / "exp" / STUDY_FILE)
+    number, _ = study.ask(space)
+    study.report(number, 10, 2.5)
+    study.set_attr(number, "asha_rung_10", 2.5)
+    assert study.finish(number, status.COMPLETED, last_step=10, values=[2.5])
+    assert not study.finish(number, status.COMPLETED, last_step=10, values=[2.5])  # once
+    study.close()
+    # Another process's view: the journal file alone.
+    trial = SearchStudy.load(settings.study_location, "exp").trials()[0]
+    assert trial.state == TrialState.COMPLETE and trial.value == 2.5
+    assert trial.intermediate_values == {10: 2.5}
+    assert trial.user_attrs["asha_rung_10"] == 2.5 and trial.user_attrs["last_step"] == 10
+    assert trial.user_attrs[status.STATUS_ATTR] == status.COMPLETED
+
+
+def test_a_failed_write_fails_every_later_call_and_stops_the_writes_after_it():
+    writes = WriteBehind()
+    done = []
+    writes.submit(lambda: done.append(1))
+    writes.submit(lambda: 1 / 0)
+    later = writes.submit(lambda: done.append(3))
+    with pytest.raises(PicoError, match=r"could not write the Optuna study: ZeroDivisionError"):
+        writes.flush()
+    with pytest.raises(PicoError, match="ZeroDivisionError"):
+        writes.submit(lambda: done.append(4))
+    with pytest.raises(PicoError, match="ZeroDivisionError"):
+        writes.result(later)
+    with pytest.raises(PicoError, match="ZeroDivisionError"):
+        writes.close()
+    assert done == [1]
+
+
+def test_asking_ahead_gives_the_trials_asking_in_turn_would(tmp_path):
+    """The random sampler, asked ahead: the same trials, numbers and configs, as when each is
+    asked as Tune asks (reproducible from the seed)."""
+    configs = {}
+    for ahead in (False, True):
+        _, study = new_study(tmp_path, f"ahead_{ahead}")
+        study.use_sampler(make_sampler("random", seed=3))
+        searcher = StudySearcher(
+            study, space, num_samples=4, continuing=[], metric="val_loss", ask_ahead=ahead
+        )
+        configs[ahead] = [searcher.suggest(f"t{i}") for i in range(5)]
+        assert configs[ahead][-1] == StudySearcher.FINISHED
+        assert study.asked() == 4  # nothing asked past num_samples
+        study.close()
+    assert configs[True] == configs[False]
+
+
+def test_a_pickled_study_has_no_thread_connection_or_password(tmp_path):
+    _, study = new_study(tmp_path)
+    number, _ = study.ask(space)
+    study.report(number, 10, 2.5)  # the write thread is running
+    study.location = "postgresql://pico:s3cret@db.example:5432/pico"
+    blob = pickle.dumps(study)
+    assert b"s3cret" not in blob
+    copy = pickle.loads(blob)
+    assert copy.study is None and copy.storage is None and copy._writes is None
+    assert copy.location == "postgresql://pico@db.example:5432/pico"
+    study.close()
+
+
+def test_an_experiment_made_before_the_journal_keeps_its_sqlite_study(tmp_path):
+    settings = SearchSettings(name="old", storage=str(tmp_path))
+    (tmp_path / "old").mkdir()
+    url = f"sqlite:///{tmp_path / 'old' / LEGACY_STUDY_FILE}"
+    SearchStudy.create(url, "old", ["minimize"], settings.to_dict(), {}).close()
+    assert settings.study_location == url
+    assert SearchStudy.load(settings.study_location, "old").settings["name"] == "old"
