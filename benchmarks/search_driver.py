@@ -10,10 +10,11 @@ settings (trials, concurrency, actor reuse, one CPU per trial, ASHA on val_loss 
 
   tune  Tune alone: a random search over a `tune.loguniform`/`tune.choice` space (Tune's
         BasicVariantGenerator), Ray's ASHAScheduler, no callbacks.
-  pico  Pico's layer as launch/experiment.py builds it: a SearchStudy in SQLite, StudySearcher
-        (the `random` sampler, so that a model-based sampler's own cost is not what is measured),
-        StudyASHA with its rung records in the study, and the Recorder keeping the study and the
-        live results table current while a ResultsWriter thread writes results.parquet.
+  pico  Pico's layer as launch/experiment.py builds it: a SearchStudy in its journal file (its
+        writes made behind, by a thread), StudySearcher (the `random` sampler, so that a
+        model-based sampler's own cost is not what is measured; it is asked ahead), StudyASHA
+        with its rung records in the study, and the Recorder keeping the study and the live
+        results table current while a ResultsWriter thread writes results.parquet.
 
 A trial's val_loss follows its position in the search (a fixed pseudo-random level per trial
 number), so both sides make nearly the same ASHA decisions and count nearly the same results (the
@@ -27,12 +28,15 @@ Per side and number of trials it prints: results per second and microseconds per
 window from the first trial's start to the last result (Ray's and Tune's setup, and the
 ResultGrid Tune builds at the end, are outside it and printed apart), the share of trial time
 spent blocked in `tune.report` (each trial's time up to its last report, that report's own wait
-being unknowable to a result), and the mean wait of one report. The sides alternate, round by
-round. Headlines: `per_result_cost_ratio_<largest>_vs_<smallest>` (pico side: the goal is flat,
-at most 1.5) and the pico side's extra cost per result over the tune side at the largest size
-(goal: at most 0.10), medians over rounds with their spread; and where the pico side's time goes
-(clocks around the methods of Pico's searcher, ASHA, recorder, study and results writer). Last
-line: `search_driver_pico_overhead: <fraction>`. Figures: docs/benchmarks.md#search-driver.
+being unknowable to a result), the mean wait of one report, the driver process's CPU time (all
+its threads, over the whole fit) per result, and for the pico side the seconds the study's queued
+writes took to finish after Tune returned. The sides alternate, round by round. Headlines:
+`per_result_cost_ratio_<largest>_vs_<smallest>` (pico side: the goal is flat, at most 1.5) and
+the pico side's extra cost per result over the tune side at the largest size (goal: at most
+0.10), medians over rounds with their spread; and where the pico side's time goes (clocks around
+the methods of Pico's searcher, ASHA, recorder, study and results writer; the study's write
+thread is in the driver CPU column only). Last line: `search_driver_pico_overhead: <fraction>`.
+Figures: docs/benchmarks.md#search-driver.
 """
 
 from __future__ import annotations
@@ -41,6 +45,7 @@ import functools
 import importlib
 import os
 import random
+import resource
 import shutil
 import statistics
 import sys
@@ -72,7 +77,7 @@ COMPONENTS = {
     ],
     "study": [
         ("launch.study", "SearchStudy", name)
-        for name in ("ask", "config", "set_attr", "report", "finish")
+        for name in ("ask", "ask_behind", "take", "config", "set_attr", "report", "finish")
     ],
     "writer": [("launch.export", "ResultsWriter", "_write")],
 }
@@ -234,7 +239,7 @@ def tune_configs(settings: Any) -> tuple[dict[str, Any], dict[str, Any]]:
     return tune_config, run_config
 
 
-def tune_side(settings: Any) -> tuple[Any, Any]:
+def tune_side(settings: Any) -> tuple[Any, None]:
     """Tune alone: the tiny space's shape as a Tune param space, Ray's ASHA, no callbacks."""
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
@@ -290,7 +295,7 @@ def pico_side(settings: Any) -> tuple[Any, Any]:
     Path(settings.experiment_path).mkdir(parents=True)
     data = SimpleNamespace(manifest={}, fingerprint=None)
     study = SearchStudy.create(
-        settings.optuna_url,
+        settings.study_location,
         settings.name,
         ["minimize"],
         settings.to_dict(),
@@ -312,23 +317,28 @@ def pico_side(settings: Any) -> tuple[Any, Any]:
         ),
         run_config=tune.RunConfig(callbacks=make_callbacks(settings, study, writer), **run_config),
     )
-    return tuner, writer
+    return tuner, (study, writer)
 
 
 def run_side(side: str, args: Any, n_trials: int, folder: Path, label: str) -> dict[str, Any]:
     """One run of `side` with `n_trials` trials; its measurements."""
     settings = bench_settings(args, n_trials, folder, f"{side}-{n_trials}-{label}")
-    tuner, writer = (tune_side if side == "tune" else pico_side)(settings)
+    tuner, pico = (tune_side if side == "tune" else pico_side)(settings)
     watcher = Progress(f"{side} {n_trials} trials", Path(settings.experiment_path))
     LAYER_SECONDS.update(dict.fromkeys(LAYER_SECONDS, 0.0))
+    cpu_before = driver_cpu_s()
     start = time.perf_counter()
     try:
         grid = tuner.fit()
         fit_s = time.perf_counter() - start
     finally:
         watcher.stop()
-    final_write_s = 0.0
-    if writer is not None:
+    final_write_s = flush_s = 0.0
+    if pico is not None:
+        study, writer = pico
+        start = time.perf_counter()
+        study.close()  # the study's writes still queued when Tune returned
+        flush_s = time.perf_counter() - start
         writer.close()
         if len(writer.table.trials) != n_trials:
             raise RuntimeError(f"the live table holds {len(writer.table.trials)} trials")
@@ -338,6 +348,7 @@ def run_side(side: str, args: Any, n_trials: int, folder: Path, label: str) -> d
     shutil.rmtree(settings.experiment_path, ignore_errors=True)
     if errors or len(lasts) != n_trials or any("started_at" not in m for m in lasts):
         raise RuntimeError(f"{side}: {errors} of {len(lasts)} trials failed")
+    cpu_s = driver_cpu_s() - cpu_before
     results = sum(m["training_iteration"] for m in lasts)
     window = max(m["reported_at"] for m in lasts) - min(m["started_at"] for m in lasts)
     waits = sum(m["report_wait_s"] for m in lasts)
@@ -348,6 +359,8 @@ def run_side(side: str, args: Any, n_trials: int, folder: Path, label: str) -> d
         "window_s": window,
         "fit_s": fit_s,
         "final_write_s": final_write_s,
+        "flush_s": flush_s,
+        "cpu_ms_per_result": 1000 * cpu_s / results,
         "results_per_s": results / window,
         "us_per_result": 1e6 * window / results,
         "report_wait_share": waits / sum(m["trial_s"] for m in lasts),
@@ -355,6 +368,12 @@ def run_side(side: str, args: Any, n_trials: int, folder: Path, label: str) -> d
         "report_wait_ms": 1000 * waits / max(1, results - n_trials),
         **{f"{name}_us": 1e6 * seconds / results for name, seconds in LAYER_SECONDS.items()},
     }
+
+
+def driver_cpu_s() -> float:
+    """CPU seconds this process (the driver, all its threads) has used so far."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
 
 
 class Progress:
@@ -396,7 +415,8 @@ def summarize(args: Any, runs: list[dict[str, Any]]) -> float:
     """Print the table and the headlines; returns the pico side's overhead."""
     print(
         f"{'side':5s} {'trials':>6s} {'results':>7s} {'results/s':>11s} {'us/result':>22s} "
-        f"{'report-wait share':>19s} {'ms/report':>19s} {'setup+end s':>11s} {'last write s':>12s}"
+        f"{'report-wait share':>19s} {'ms/report':>19s} {'driver CPU ms/result':>21s} "
+        f"{'setup+end s':>11s} {'study flush s':>13s} {'last write s':>12s}"
     )
     cost: dict[tuple[str, int], float] = {}
     for n in args.sizes:
@@ -406,13 +426,16 @@ def summarize(args: Any, runs: list[dict[str, Any]]) -> float:
             us = median_spread([r["us_per_result"] for r in rows])
             share = median_spread([r["report_wait_share"] for r in rows])
             wait = median_spread([r["report_wait_ms"] for r in rows])
+            cpu = median_spread([r["cpu_ms_per_result"] for r in rows])
             fixed = statistics.median(r["fit_s"] - r["window_s"] for r in rows)
+            flush = statistics.median(r["flush_s"] for r in rows)
             write = statistics.median(r["final_write_s"] for r in rows)
             cost[side, n] = us[0]
             print(
                 f"{side:5s} {n:6d} {statistics.median(r['results'] for r in rows):7.0f} "
                 f"{show(*rate, '.0f'):>11s} {show(*us, '.0f'):>22s} {show(*share, '.3f'):>19s} "
-                f"{show(*wait, '.1f'):>19s} {fixed:11.1f} {write:12.2f}"
+                f"{show(*wait, '.1f'):>19s} {show(*cpu, '.1f'):>21s} {fixed:11.1f} {flush:13.2f} "
+                f"{write:12.2f}"
             )
     for n in args.sizes:
         rows = [r for r in runs if r["side"] == "pico" and r["trials"] == n]

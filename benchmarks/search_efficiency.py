@@ -126,7 +126,7 @@ def state(settings: SearchSettings) -> str:
     other settings, whose results would not answer this run's question."""
     if not settings.store().exists(MANIFEST):
         return "new"
-    study = SearchStudy.load(settings.optuna_url, settings.name)
+    study = SearchStudy.load(settings.study_location, settings.name)
     saved = SearchSettings.from_dict(study.settings)
     for field in fields(SearchSettings):
         name = field.name
