@@ -41,6 +41,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from launch import status
+from launch.journal import BufferedJournal
 from pico.errors import PicoError
 
 STUDY_FILE = "study.journal"
@@ -120,6 +121,11 @@ def default_location(experiment_path: str) -> str:
 def open_storage(url: str) -> optuna.storages.BaseStorage:
     """The Optuna storage at `url` (a database URL or a journal file); one PicoError line if it
     cannot be opened."""
+    return _open(url)[0]
+
+
+def _open(url: str) -> tuple[optuna.storages.BaseStorage, BufferedJournal | None]:
+    """The storage at `url`, and its journal if it is a journal file."""
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     if is_journal(url):
@@ -132,16 +138,16 @@ def open_storage(url: str) -> optuna.storages.BaseStorage:
         raise PicoError(f"cannot open the Optuna storage {redact(url)}: {reason}{hint}") from None
     if url.startswith("sqlite"):
         _sync_less_often(storage.engine)
-    return storage
+    return storage, None
 
 
-def _open_journal(path: str) -> optuna.storages.JournalStorage:
-    """The journal file at `path`, read into memory (Optuna replays it). The lock is Optuna's
+def _open_journal(path: str) -> tuple[optuna.storages.JournalStorage, BufferedJournal]:
+    """The journal file at `path`, read into memory (Optuna replays it), with its appends
+    gathered while the study's write thread holds it (launch/journal.py). The lock is Optuna's
     default, a symbolic link beside the file, which works on NFS too."""
-    from optuna.storages.journal import JournalFileBackend
-
     try:
-        return optuna.storages.JournalStorage(JournalFileBackend(path))
+        journal = BufferedJournal(path)
+        return optuna.storages.JournalStorage(journal), journal
     except (ValueError, UnicodeDecodeError) as exc:  # json's errors are ValueErrors
         raise PicoError(
             f"the study file {path} is damaged ({type(exc).__name__}: {exc}): restore it from a "
@@ -173,12 +179,15 @@ class WriteBehind:
 
     `flush` waits until every write given so far is done. A write that fails fails every later
     call (PicoError naming it): the writes after it are not made, since they may depend on it.
+    With a `journal`, the thread holds it while it has writes to make, and flushes it whenever it
+    runs out: one append per batch (launch/journal.py).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, journal: BufferedJournal | None = None) -> None:
         self._queue: queue.Queue[tuple[Callable[[], Any], Future] | None] = queue.Queue()
         self._thread: threading.Thread | None = None
         self._failure: str | None = None
+        self._journal = journal
 
     def submit(self, write: Callable[[], Any]) -> Future:
         """Queue `write`; the future holds what it returns once it has run."""
@@ -200,15 +209,30 @@ class WriteBehind:
         while True:
             item = self._queue.get()
             try:
-                if item is None:
+                if item is None:  # closing: what the journal still holds goes to its file
+                    self._make(lambda: None)
                     return
                 write, future = item
-                future.set_result(write() if self._failure is None else None)
-            except Exception as exc:  # the storage's errors are many kinds; shown at `_check`
-                self._failure = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0]}"
-                future.set_result(None)
+                future.set_result(self._make(write))
             finally:
                 self._queue.task_done()
+
+    def _make(self, write: Callable[[], Any]) -> Any:
+        """Make one write (nothing after a failure); the journal is flushed when no write waits,
+        before the write counts as done."""
+        if self._failure is not None:
+            return None
+        try:
+            if self._journal is not None:
+                self._journal.hold()
+            value = write()
+            if self._journal is not None and self._queue.empty():
+                self._journal.flush()
+            return value
+        except Exception as exc:  # the storage's errors are many kinds; shown at `_check`
+            lines = str(exc).strip().splitlines() or [""]
+            self._failure = f"{type(exc).__name__}: {lines[0]}"
+            return None
 
     def flush(self) -> None:
         """Wait until the writes given so far are done."""
@@ -232,11 +256,17 @@ class SearchStudy:
     """The study of one experiment, and every write the driver makes to it (module docstring:
     the search's own writes are made behind it; every read waits for them)."""
 
-    def __init__(self, study: optuna.Study, storage: optuna.storages.BaseStorage, location: str):
+    def __init__(
+        self,
+        study: optuna.Study,
+        storage: optuna.storages.BaseStorage,
+        location: str,
+        journal: BufferedJournal | None = None,
+    ):
         self.study = study
         self.storage = storage
         self.location = location
-        self._writes = WriteBehind()
+        self._writes = WriteBehind(journal)
         self._study_id = storage.get_study_id_from_name(study.study_name)
         self._trial_ids: dict[int, int] = {}  # trial number -> storage id
         # The driver is the study's only writer, so it knows without asking the database which
@@ -280,7 +310,7 @@ class SearchStudy:
         the experiment leaves (the manifest, written next, says an experiment exists): it is
         replaced.
         """
-        storage = open_storage(url)
+        storage, journal = _open(url)
         try:
             study = optuna.create_study(study_name=name, storage=storage, directions=directions)
         except optuna.exceptions.DuplicatedStudyError:
@@ -297,7 +327,7 @@ class SearchStudy:
         study.set_user_attr(METADATA_ATTR, metadata)
         for params in enqueue:
             study.enqueue_trial(params)
-        return cls(study, storage, url)
+        return cls(study, storage, url, journal)
 
     @classmethod
     def load(cls, url: str, name: str) -> SearchStudy:
@@ -308,12 +338,12 @@ class SearchStudy:
             study_file = url.removeprefix("sqlite:///") if url.startswith("sqlite:///") else None
         if study_file and not Path(study_file).is_file():  # both would make an empty one
             raise PicoError(f"the study file {study_file} is missing: no study {name!r} to load")
-        storage = open_storage(url)
+        storage, journal = _open(url)
         try:
             study = optuna.load_study(study_name=name, storage=storage)
         except KeyError:
             raise PicoError(f"the Optuna storage {redact(url)} holds no study {name!r}") from None
-        return cls(study, storage, url)
+        return cls(study, storage, url, journal)
 
     def use_sampler(self, sampler: optuna.samplers.BaseSampler) -> None:
         """Sample new trials with `sampler` (samplers keep no state that needs saving)."""

@@ -69,19 +69,22 @@ def test_a_resumed_search_draws_new_configs_not_the_first_runs_again(tmp_path):
     from launch.experiment import make_searcher
 
     settings = SearchSettings(
-        name="exp", storage=str(tmp_path), space="tiny", sampler="random", num_samples=4
+        name="exp", storage=str(tmp_path), space="tiny", sampler="random", num_samples=5
     )
     (tmp_path / "exp").mkdir()
     study = SearchStudy.create(settings.study_location, "exp", ["minimize"], settings.to_dict(), {})
     first = make_searcher(settings, study, continuing=[])
     before = [first.suggest(f"tune_{i}") for i in range(2)]
-    # An interrupt, then a resume: a new searcher from the study.
+    study.close()  # an interrupt ends the run: the study's writes are made
+    # A resume: a new searcher from the study, after the trials it holds (the random sampler's
+    # third was asked ahead).
     reopened = SearchStudy.load(settings.study_location, "exp")
+    assert reopened.asked() == 3
     resumed = make_searcher(settings, reopened, continuing=[])
     after = [resumed.suggest(f"tune_{i}") for i in range(2, 4)]
     params = [{k: v for k, v in c.items() if k != "_pico"} for c in before + after]
     assert len({repr(sorted(p.items())) for p in params}) == 4
-    assert [c["_pico"]["trial_id"] for c in after] == ["00002", "00003"]
+    assert [c["_pico"]["trial_id"] for c in after] == ["00003", "00004"]
 
 
 def test_a_trial_left_without_its_config_gets_one_in_its_own_place(tmp_path):

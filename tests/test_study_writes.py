@@ -1,18 +1,21 @@
 """The study's writes made behind Tune's loop (launch/study.py): in order, all in the storage at
-the next read, failures shown, and asking ahead giving the trials asking in turn would."""
+the next read, failures shown, asking ahead giving the trials asking in turn would, and the
+journal gathering a batch's appends into one (launch/journal.py)."""
 
 from __future__ import annotations
 
 import pickle
+from pathlib import Path
 
 import optuna
 import pytest
 from optuna.trial import TrialState
 
 from launch import status
+from launch.journal import BufferedJournal
 from launch.searcher import StudySearcher, make_sampler
 from launch.settings import SearchSettings
-from launch.study import LEGACY_STUDY_FILE, STUDY_FILE, SearchStudy, WriteBehind
+from launch.study import LEGACY_STUDY_FILE, STUDY_FILE, SearchStudy, WriteBehind, open_storage
 from pico.errors import PicoError
 
 
@@ -49,6 +52,7 @@ def test_a_failed_write_fails_every_later_call_and_stops_the_writes_after_it():
     done = []
     writes.submit(lambda: done.append(1))
     writes.submit(lambda: 1 / 0)
+    writes.submit(lambda: done.append(2))
     later = writes.submit(lambda: done.append(3))
     with pytest.raises(PicoError, match=r"could not write the Optuna study: ZeroDivisionError"):
         writes.flush()
@@ -98,3 +102,28 @@ def test_an_experiment_made_before_the_journal_keeps_its_sqlite_study(tmp_path):
     SearchStudy.create(url, "old", ["minimize"], settings.to_dict(), {}).close()
     assert settings.study_location == url
     assert SearchStudy.load(settings.study_location, "old").settings["name"] == "old"
+
+
+def test_the_journal_gathers_the_appends_of_a_hold_into_one(tmp_path):
+    path = str(tmp_path / STUDY_FILE)
+    journal = BufferedJournal(path)
+    storage = optuna.storages.JournalStorage(journal)
+    study = optuna.create_study(study_name="s", storage=storage)  # outside a hold: appended
+    lines = Path(path).read_text().count("\n")
+    assert lines == 1
+    journal.hold()
+    trial = study.ask()
+    trial.set_user_attr("config", {"lr": 0.01})
+    study.tell(trial, 1.5)
+    # The storage sees every change at once; the file, and another reader, none yet.
+    assert study.trials[0].value == 1.5
+    assert Path(path).read_text().count("\n") == lines
+    assert optuna.load_study(study_name="s", storage=open_storage(path)).trials == []
+    journal.flush()
+    assert Path(path).read_text().count("\n") == lines + 3
+    (again,) = optuna.load_study(study_name="s", storage=open_storage(path)).trials
+    assert again.value == 1.5 and again.user_attrs["config"] == {"lr": 0.01}
+    # After the hold, appends go to the file at once again, and the storage reads them back.
+    study.set_user_attr("ended_at", "now")
+    assert Path(path).read_text().count("\n") == lines + 4
+    assert study.user_attrs["ended_at"] == "now"
