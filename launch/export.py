@@ -98,12 +98,14 @@ def export(study: SearchStudy, store: ExperimentStore, path: str) -> ResultsTabl
 
 class ResultsWriter:
     """Writes a live table to its file in a thread of its own, at most every `interval_s`
-    seconds and never taking more than a tenth of the time (a large file is written less often).
+    seconds and never taking more than a twentieth of the time (a large file is written less
+    often). Each write is the whole file, and costs the driver's CPU: docs/benchmarks.md's search
+    driver section measures it.
 
     `lock` guards the table: hold it while changing the table.
     """
 
-    def __init__(self, table: ResultsTable, path: str, interval_s: float = 2.0):
+    def __init__(self, table: ResultsTable, path: str, interval_s: float = 5.0):
         self.table, self.path, self.interval_s = table, path, interval_s
         self.lock = threading.Lock()
         self._changed = threading.Event()
@@ -125,7 +127,7 @@ class ResultsWriter:
             self._changed.clear()
             start = time.monotonic()
             self._write()
-            pause = max(self.interval_s, 10 * (time.monotonic() - start))
+            pause = max(self.interval_s, 20 * (time.monotonic() - start))
 
     def _write(self) -> None:
         with self.lock:

@@ -31,6 +31,7 @@ from __future__ import annotations
 import math
 import queue
 import threading
+import time
 import warnings
 from collections.abc import Callable
 from concurrent.futures import Future
@@ -45,6 +46,7 @@ from launch.journal import BufferedJournal
 from pico.errors import PicoError
 
 STUDY_FILE = "study.journal"
+JOURNAL_BATCH_S = 0.2  # the longest a change the write thread made waits for the journal's file
 LEGACY_STUDY_FILE = "study.db"
 SETTINGS_ATTR = "settings"
 METADATA_ATTR = "metadata"
@@ -177,10 +179,10 @@ def _sync_less_often(engine: Any) -> None:
 class WriteBehind:
     """Runs writes in the order given, on a thread of its own (started at the first write).
 
-    `flush` waits until every write given so far is done. A write that fails fails every later
+    `flush` waits until every write given so far is made. A write that fails fails every later
     call (PicoError naming it): the writes after it are not made, since they may depend on it.
-    With a `journal`, the thread holds it while it has writes to make, and flushes it whenever it
-    runs out: one append per batch (launch/journal.py).
+    With a `journal`, the thread holds it while it writes, and appends what it holds at most
+    `JOURNAL_BATCH_S` after the first change it kept (launch/journal.py), or at `flush`.
     """
 
     def __init__(self, journal: BufferedJournal | None = None) -> None:
@@ -206,37 +208,54 @@ class WriteBehind:
         return value
 
     def _run(self) -> None:
+        append_by = None  # when the journal's batch must be appended
         while True:
-            item = self._queue.get()
+            wait = None if append_by is None else max(0.0, append_by - time.monotonic())
             try:
-                if item is None:  # closing: what the journal still holds goes to its file
-                    self._make(lambda: None)
+                item = self._queue.get(timeout=wait)
+            except queue.Empty:
+                item = ()
+            try:
+                if item is None:  # closing
+                    self._guarded(self._append_batch)
                     return
-                write, future = item
-                future.set_result(self._make(write))
+                if item:
+                    write, future = item
+                    future.set_result(self._guarded(write))
+                if self._journal is not None and self._journal.pending and append_by is None:
+                    append_by = time.monotonic() + JOURNAL_BATCH_S
+                if append_by is not None and time.monotonic() >= append_by:
+                    self._guarded(self._append_batch)
+                    append_by = None
             finally:
-                self._queue.task_done()
+                if item != ():
+                    self._queue.task_done()
 
-    def _make(self, write: Callable[[], Any]) -> Any:
-        """Make one write (nothing after a failure); the journal is flushed when no write waits,
-        before the write counts as done."""
+    def _guarded(self, write: Callable[[], Any]) -> Any:
+        """Make one write, holding the journal (nothing after a failure)."""
         if self._failure is not None:
             return None
         try:
             if self._journal is not None:
                 self._journal.hold()
-            value = write()
-            if self._journal is not None and self._queue.empty():
-                self._journal.flush()
-            return value
+            return write()
         except Exception as exc:  # the storage's errors are many kinds; shown at `_check`
             lines = str(exc).strip().splitlines() or [""]
             self._failure = f"{type(exc).__name__}: {lines[0]}"
             return None
 
+    def _append_batch(self) -> None:
+        if self._journal is not None:
+            self._journal.flush()
+
     def flush(self) -> None:
-        """Wait until the writes given so far are done."""
+        """Wait until the writes given so far are made, and in the storage's file."""
         self._queue.join()
+        self._check()
+        try:
+            self._append_batch()
+        except OSError as exc:
+            self._failure = f"{type(exc).__name__}: {exc}"
         self._check()
 
     def close(self) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 from optuna.trial import TrialState
 from ray.tune.schedulers import TrialScheduler
@@ -14,7 +15,7 @@ from launch.experiment import ComputeBudget
 from launch.export import ResultsWriter
 from launch.recorder import Recorder
 from launch.results import ResultsTable
-from launch.scheduler import StudyASHA
+from launch.scheduler import StudyASHA, linear_percentile
 from launch.settings import SearchSettings
 from launch.study import SearchStudy
 from launch.tracking import WandbTracker
@@ -115,6 +116,17 @@ def test_asha_starts_from_the_records_in_the_study(tmp_path):
     assert resumed.decide("00005", 10, 1.05) == TrialScheduler.CONTINUE
     # A trial recorded at its highest rung before the interrupt is not judged there again.
     assert resumed.decide("00003", 30, 9.9) == TrialScheduler.CONTINUE
+
+
+def test_asha_cutoffs_are_numpys_percentiles_to_the_last_bit():
+    """The sorted records give what `np.nanpercentile` over them gives (Ray's ASHA's cutoff),
+    bit for bit, for the reduction factors a search takes."""
+    rng = np.random.default_rng(0)
+    for size in (1, 2, 3, 7, 100, 1001):
+        values = sorted(rng.lognormal(size=size).tolist())
+        for factor in (1.5, 2, 3, 4, 7):
+            expected = float(np.nanpercentile(values, 100 / factor))
+            assert linear_percentile(values, 100 / factor) == expected
 
 
 def test_wandb_failure_warns_once_and_never_raises(tmp_path, monkeypatch, caplog):
