@@ -251,11 +251,7 @@ class WriteBehind:
     def flush(self) -> None:
         """Wait until the writes given so far are made, and in the storage's file."""
         self._queue.join()
-        self._check()
-        try:
-            self._append_batch()
-        except OSError as exc:
-            self._failure = f"{type(exc).__name__}: {exc}"
+        self._guarded(self._append_batch)
         self._check()
 
     def close(self) -> None:
