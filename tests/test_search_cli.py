@@ -12,12 +12,14 @@ import sys
 import time
 from pathlib import Path
 
+import optuna
 import pandas as pd
 import pytest
 
 from launch.settings import SearchSettings
 from launch.storage import MANIFEST
-from launch.study import STUDY_FILE, SearchStudy
+from launch.study import STUDY_FILE, SearchStudy, is_journal, open_storage
+from pico.errors import PicoError
 
 TINY_RUN = [
     "--space", "tiny", "--max-steps", "60", "--eval-interval", "10", "--eval-tokens", "256",
@@ -103,19 +105,26 @@ def test_unwritable_paths_and_unreachable_cluster(repo_root, tmp_path, existing)
     assert output.read_bytes() == b"precious"
 
 
-def wait_for_results(path: Path, finished: int, process: subprocess.Popen, timeout=180) -> None:
-    """Block until the results file shows `finished` trials that are no longer running."""
+def wait_for_ended(
+    location: str, name: str, ended: int, process: subprocess.Popen, timeout: float = 180
+) -> None:
+    """Block until the study at `location` (a journal file or a database URL) shows `ended`
+    trials that are no longer running. The study is read, not the results file: the driver
+    writes the study within a fraction of a second of each result and the results file only
+    every few seconds, so a test that waits on the study signals the search while most of its
+    trials are still to come."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         assert process.poll() is None, process.communicate()
-        try:
-            last = pd.read_parquet(path, columns=["status", "is_last"]).query("is_last")
-        except (OSError, ValueError):
-            last = pd.DataFrame({"status": []})
-        if (last.status != "running").sum() >= finished:
-            return
-        time.sleep(0.5)
-    raise TimeoutError(f"{path} never showed {finished} finished trials")
+        # Not there yet: the journal file (opening it would create it), or the study in it.
+        with contextlib.suppress(KeyError, OSError, PicoError):
+            if is_journal(location) and not Path(location).is_file():
+                raise KeyError(location)
+            trials = optuna.load_study(study_name=name, storage=open_storage(location)).trials
+            if sum(t.state != optuna.trial.TrialState.RUNNING for t in trials) >= ended:
+                return
+        time.sleep(0.1)
+    raise TimeoutError(f"the study {name} never showed {ended} ended trials")
 
 
 def start(repo_root: Path, *args: str) -> subprocess.Popen:
@@ -147,13 +156,13 @@ def study_and_results(storage: Path, name: str) -> tuple[dict, pd.DataFrame]:
 def test_interrupt_and_kill_then_resume(repo_root, tmp_path):
     storage, name, samples = tmp_path / "exp", "resumable", 8
     where = ["--storage", str(storage), "--name", name]
-    results = storage / name / "results.parquet"
+    results, study = storage / name / "results.parquet", str(storage / name / STUDY_FILE)
     # Trials long enough (a few seconds each) that the search is still running when signalled.
     longer = ["--max-steps", "300", "--eval-interval", "20", "--grace-period", "40"]
 
     # Ctrl+C: Tune stops gracefully, the command says how to resume and exits 130.
     process = start(repo_root, *where, "--num-samples", str(samples), *TINY_RUN, *longer)
-    wait_for_results(results, 1, process)
+    wait_for_ended(study, name, 1, process)
     process.send_signal(signal.SIGINT)
     out, err = process.communicate(timeout=120)
     assert process.returncode == 130, err[-3000:]
@@ -161,7 +170,7 @@ def test_interrupt_and_kill_then_resume(repo_root, tmp_path):
 
     # Resume, then SIGKILL the driver mid-search.
     process = start(repo_root, *where, "--resume")
-    wait_for_results(results, 4, process)
+    wait_for_ended(study, name, 4, process)
     kill_group(process)
 
     # Resume again, from another working directory: it finishes the requested trials, each

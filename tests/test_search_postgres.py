@@ -23,7 +23,7 @@ import optuna
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
-from test_search_cli import wait_for_results
+from test_search_cli import wait_for_ended
 
 from launch.storage import MANIFEST, RESULTS
 
@@ -237,7 +237,7 @@ def killed_and_resumed(postgres, repo_root, tmp_path_factory) -> Iterator[dict]:
             *TINY_RUN, *longer, scratch=scratch,
         )  # fmt: skip
         try:
-            wait_for_results(storage / name / RESULTS, 2, first, timeout=240)
+            wait_for_ended(postgres.url(), name, 2, first, timeout=240)
         finally:
             out, err = kill_group(first)
         cut_short = optuna.load_study(study_name=name, storage=postgres.url()).trials
