@@ -289,6 +289,7 @@ class SearchStudy:
         self._ended: set[int] = set()
         self._reported: set[tuple[int, int]] = set()
         self._unconfigured: list[int] | None = None  # read at the first `ask`
+        self._waiting = 0  # enqueued trials not yet asked, counted at the first `ask`
         self.multi_objective = len(study.directions) > 1
 
     def __getstate__(self) -> dict[str, Any]:
@@ -445,7 +446,7 @@ class SearchStudy:
         it does not stay in the study beside the trial that replaces it. The sampler sees every
         write made before (they are flushed first)."""
         self.flush()
-        return self._ask(make_config, confirms)
+        return self._ask(make_config, confirms, reads_trials=True)
 
     def ask_behind(
         self,
@@ -456,24 +457,35 @@ class SearchStudy:
         """`ask`, made behind like the writes (after those given before it, not waiting for
         them): the future holds its (number, config), for `take`. For what does not read the
         results told so far: the random sampler, a plan."""
-        return self._writes.submit(lambda: self._ask(make_config, confirms))
+        return self._writes.submit(lambda: self._ask(make_config, confirms, reads_trials=False))
 
     def take(self, asked: Future) -> tuple[int, dict]:
         """The (number, config) of a trial asked with `ask_behind`, once it is in the study."""
         return self._writes.result(asked)
 
     def _ask(
-        self, make_config: Callable[[optuna.Trial], dict[str, Any]], confirms: str | None
+        self,
+        make_config: Callable[[optuna.Trial], dict[str, Any]],
+        confirms: str | None,
+        *,
+        reads_trials: bool,
     ) -> tuple[int, dict]:
+        """`reads_trials`: whether `make_config` may read the trials (a sampler that learns)."""
         if self._unconfigured is None:
             self._unconfigured = self._unconfigured_now()
-        if self._unconfigured:
-            number = self._unconfigured.pop(0)
-            trial = optuna.Trial(self.study, self._storage_id(number))
-            reused = True
-        else:
+            self._waiting = len(self.study.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
+        reused = bool(self._unconfigured)
+        if reused:
+            trial = optuna.Trial(self.study, self._storage_id(self._unconfigured.pop(0)))
+        elif reads_trials or self._waiting:
             trial = self.study.ask()
-            reused = False
+            self._waiting = max(0, self._waiting - 1)
+        else:
+            # Study.ask scans every trial of the study for an enqueued one, and clears the
+            # sampler's cached copy of the trials: a cost per trial that grows with the study
+            # (4 ms at 10,000 trials in a journal). With none enqueued and nothing that reads
+            # the trials, the new trial is created as Study.ask would create it.
+            trial = optuna.Trial(self.study, self.storage.create_new_trial(self._study_id))
         if confirms is not None or reused:  # the phase first: the config marks it complete
             trial.set_user_attr(CONFIRMS_ATTR, confirms)
         config = make_config(trial)

@@ -82,6 +82,37 @@ def test_asking_ahead_gives_the_trials_asking_in_turn_would(tmp_path):
     assert configs[True] == configs[False]
 
 
+def test_asking_behind_runs_the_enqueued_trials_then_creates_without_scanning(tmp_path):
+    """Asked behind, enqueued trials come first; after them a new trial is created without a
+    scan of the study's trials for enqueued ones (Study.ask's, which grows with the study)."""
+    settings = SearchSettings(name="queued", storage=str(tmp_path), num_samples=6)
+    (tmp_path / "queued").mkdir()
+    study = SearchStudy.create(
+        settings.study_location, "queued", ["minimize"], settings.to_dict(), {},
+        enqueue=[{"lr": 1e-3}, {"lr": 2e-3}],
+    )  # fmt: skip
+    study.use_sampler(make_sampler("random", seed=3))
+    scans = []
+    get_all_trials = study.storage.get_all_trials
+
+    def counted(study_id, deepcopy=True, states=None):
+        scans.append(states is not None and TrialState.WAITING in states)
+        return get_all_trials(study_id, deepcopy=deepcopy, states=states)
+
+    study.storage.get_all_trials = counted
+    asked = [study.take(study.ask_behind(space)) for _ in range(3)]
+    first_three = sum(scans)
+    asked += [study.take(study.ask_behind(space)) for _ in range(20)]
+    assert sum(scans) == first_three  # no scan for enqueued trials once none is left
+    assert [number for number, _ in asked] == list(range(23))
+    assert [config["lr"] for _, config in asked[:2]] == [1e-3, 2e-3]
+    assert len({config["lr"] for _, config in asked}) == 23  # sampled
+    study.close()
+    again = SearchStudy.load(settings.study_location, "queued").trials()
+    assert [t.state for t in again] == [TrialState.RUNNING] * 23
+    assert [t.user_attrs["config"]["lr"] for t in again] == [c["lr"] for _, c in asked]
+
+
 def test_a_pickled_study_has_no_thread_connection_or_password(tmp_path):
     _, study = new_study(tmp_path)
     number, _ = study.ask(space)
