@@ -45,6 +45,15 @@ TABLE_PARAMETERS = ["arch", "d_model", "n_layer", "lr", "batch_size", "block_siz
 TABLE_METRICS = {"step": "step", "val_loss": "val_loss", "n_params": "params"}
 PACKAGES = ("torch", "ray", "optuna", "pyarrow", "pandas", "numpy", "wandb")
 MANIFEST_FORMAT = 1
+# Tune's own options, which it reads from the driver's environment (a user's setting wins).
+TUNE_ENVIRONMENT = {
+    # Tune's classic live table, with the columns above, rather than a config box per trial.
+    "RAY_AIR_NEW_OUTPUT": "0",
+    # No JSON, CSV and TensorBoard logs of every result in Tune's scratch folder, a file write
+    # per result each: Pico's record of a trial is its folder and the study, and the scratch
+    # folder is removed at exit.
+    "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "1",
+}
 
 
 @dataclass
@@ -281,10 +290,11 @@ def make_tuner(
     """A Tuner that runs the trials `searcher` hands out: the search phase's (with ASHA and the
     budgets), or the confirmation stage's (without `budget`: each runs to `max_steps`)."""
     from ray import tune
-    from ray.tune.schedulers import FIFOScheduler
 
-    # Tune's classic live table, with the columns below, rather than a config box per trial.
-    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    from launch.scheduler import InOrderScheduler
+
+    for key, value in TUNE_ENVIRONMENT.items():
+        os.environ.setdefault(key, value)
     shared = {
         "experiment": settings.experiment_path,
         "data_dir": str(Path(data.path).resolve()),
@@ -299,7 +309,7 @@ def make_tuner(
         param_space={SETTINGS_KEY: shared},
         tune_config=tune.TuneConfig(
             search_alg=searcher,
-            scheduler=make_scheduler(settings, study) if budget else FIFOScheduler(),
+            scheduler=make_scheduler(settings, study) if budget else InOrderScheduler(),
             num_samples=searcher.trials_to_run(),
             max_concurrent_trials=settings.max_concurrent,
             time_budget_s=settings.time_budget_s if budget else None,
@@ -459,12 +469,10 @@ def make_confirmation(settings: SearchSettings, study: SearchStudy, table: Resul
 def make_scheduler(settings: SearchSettings, study: SearchStudy) -> Any:
     """ASHA on val_loss by optimizer step, its records in the study; or FIFO (every trial runs
     to max_steps)."""
-    from ray.tune.schedulers import FIFOScheduler
-
-    from launch.scheduler import StudyASHA
+    from launch.scheduler import InOrderScheduler, StudyASHA
 
     if settings.scheduler == "fifo":
-        return FIFOScheduler()
+        return InOrderScheduler()
     return StudyASHA(
         study,
         metric=ASHA_METRIC,

@@ -47,7 +47,21 @@ def asha_milestones(grace_period: int, max_t: int, reduction_factor: float) -> l
     return [grace_period * reduction_factor**k for k in range(n_rungs)]
 
 
-class StudyASHA(FIFOScheduler):
+class InOrderScheduler(FIFOScheduler):
+    """Tune's FIFOScheduler without its look through every trial at each step of Tune's loop.
+
+    `FIFOScheduler.choose_trial_to_run` looks among all the search's trials, finished ones
+    included, for a pending one and then a paused one: O(trials) at every step of the loop,
+    about 1 ms at 10,000 trials here. Tune's loop starts its pending trials by itself, in the
+    order they were added, from a list of its own; and Pico's schedulers never pause a trial.
+    So this one chooses none, and the trials start in the same order.
+    """
+
+    def choose_trial_to_run(self, tune_controller: Any) -> Trial | None:
+        return None
+
+
+class StudyASHA(InOrderScheduler):
     """ASHA minimising `metric` by `time_attr`, its rung records kept in `study`."""
 
     def __init__(

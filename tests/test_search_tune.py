@@ -226,6 +226,43 @@ class Bomb:
         return (Path.write_text, (self.marker, "unpickled"))
 
 
+def test_every_trial_starts_in_turn_though_the_scheduler_chooses_none(ray_session, tmp_path):
+    """InOrderScheduler leaves starting trials to Tune's loop (launch/scheduler.py): one at a
+    time, with actors reused as a search reuses them, every trial starts, in the order it was
+    added, and a failed one is retried."""
+    from ray import tune
+
+    from launch.scheduler import InOrderScheduler
+
+    started = tmp_path / "started.txt"
+
+    def trainable(config: dict) -> None:
+        with open(started, "a") as log:
+            log.write(f"{config['i']}\n")
+        failed_once = tmp_path / f"failed-{config['i']}"
+        if config["i"] == 2 and not failed_once.exists():
+            failed_once.touch()
+            raise RuntimeError("the third trial fails once")
+        tune.report({"i": config["i"]})
+
+    grid = tune.Tuner(
+        trainable,
+        param_space={"i": tune.grid_search(list(range(6)))},
+        tune_config=tune.TuneConfig(
+            scheduler=InOrderScheduler(), max_concurrent_trials=1, reuse_actors=True
+        ),
+        run_config=tune.RunConfig(
+            storage_path=str(tmp_path / "tune"),
+            failure_config=tune.FailureConfig(max_failures=1),
+            verbose=0,
+        ),
+    ).fit()
+    assert not grid.errors and sorted(r.metrics["i"] for r in grid) == list(range(6))
+    order = [int(line) for line in started.read_text().split()]
+    assert sorted(order) == [0, 1, 2, 2, 3, 4, 5]
+    assert list(dict.fromkeys(order)) == list(range(6))  # first starts in the order added
+
+
 def test_resume_never_unpickles_anything_in_the_experiment_folder(ray_session, spaces, tmp_path):
     import shutil
 
