@@ -6,7 +6,9 @@
 Every trial is a stub that trains nothing: it sends `--evals` results to `tune.report` as fast as
 the driver takes them, each with the metrics a real trial reports (docs/results.md), and times
 how long each `tune.report` call blocks. Two sides run the same trials with the same Tune
-settings (trials, concurrency, actor reuse, one CPU per trial, ASHA on val_loss by step):
+settings (trials, concurrency, actor reuse, one CPU per trial, ASHA on val_loss by step, and the
+options Pico gives Tune, launch/experiment.py's TUNE_ENVIRONMENT: no per-trial JSON, CSV and
+TensorBoard logs):
 
   tune  Tune alone: a random search over a `tune.loguniform`/`tune.choice` space (Tune's
         BasicVariantGenerator), Ray's ASHAScheduler, no callbacks.
@@ -466,7 +468,10 @@ def summarize(args: Any, runs: list[dict[str, Any]]) -> float:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # as launch/experiment.py runs Tune
+    from launch.experiment import TUNE_ENVIRONMENT
+
+    for key, value in TUNE_ENVIRONMENT.items():  # both sides run Tune as Pico runs it
+        os.environ.setdefault(key, value)
     import ray
 
     time_components()
