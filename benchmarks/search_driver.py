@@ -2,21 +2,25 @@
 
     python benchmarks/search_driver.py           # 100, 1,000 and 10,000 trials; 3, 3 and 1 rounds
     python benchmarks/search_driver.py --trials 100,1000 --repeats 3
+    python benchmarks/search_driver.py --trials 1000 --repeats 2 --with-tune-default
 
 Every trial is a stub that trains nothing: it sends `--evals` results to `tune.report` as fast as
 the driver takes them, each with the metrics a real trial reports (docs/results.md), and times
-how long each `tune.report` call blocks. Two sides run the same trials with the same Tune
-settings (trials, concurrency, actor reuse, one CPU per trial, ASHA on val_loss by step, and the
-options Pico gives Tune, launch/experiment.py's TUNE_ENVIRONMENT: no per-trial JSON, CSV and
-TensorBoard logs):
+how long each `tune.report` call blocks. Two sides (three with --with-tune-default) run the
+same trials with the same Tune settings (trials, concurrency, actor reuse, one CPU per trial, ASHA
+on val_loss by step, and the options Pico gives Tune, launch/experiment.py's `configure_tune`: no
+per-trial JSON, CSV and TensorBoard logs):
 
   tune  Tune alone: a random search over a `tune.loguniform`/`tune.choice` space (Tune's
-        BasicVariantGenerator), Ray's ASHAScheduler, no callbacks.
+        BasicVariantGenerator), Ray's ASHAScheduler choosing no trial to run, as Pico's
+        schedulers choose none (launch/scheduler.py's InOrderScheduler), no callbacks.
   pico  Pico's layer as launch/experiment.py builds it: a SearchStudy in its journal file (its
         writes made behind, by a thread), StudySearcher (the `random` sampler, so that a
         model-based sampler's own cost is not what is measured; it is asked ahead), StudyASHA
         with its rung records in the study, and the Recorder keeping the study and the live
         results table current while a ResultsWriter thread writes results.parquet.
+  tune-default (with --with-tune-default) Tune alone with Ray's ASHAScheduler as it is, which
+        chooses the trials to run as Tune's FIFOScheduler does: what Pico's schedulers change.
 
 A trial's val_loss follows its position in the search (a fixed pseudo-random level per trial
 number), so both sides make nearly the same ASHA decisions and count nearly the same results (the
@@ -176,7 +180,13 @@ def parse_args(argv: list[str] | None) -> Any:
     p.add_argument("--concurrency", type=int, default=2, help="trials at once [2]")
     p.add_argument("--evals", type=int, default=4, help="results per trial ASHA lets run [4]")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--with-tune-default",
+        action="store_true",
+        help="also run Tune alone with Ray's ASHAScheduler choosing trials as it does by default",
+    )
     args = p.parse_args(argv)
+    args.sides = (*SIDES, "tune-default") if args.with_tune_default else SIDES
     args.sizes = _numbers("--trials", args.trials)
     repeats = _numbers("--repeats", args.repeats)
     if len(repeats) == 1:
@@ -241,12 +251,17 @@ def tune_configs(settings: Any) -> tuple[dict[str, Any], dict[str, Any]]:
     return tune_config, run_config
 
 
-def tune_side(settings: Any) -> tuple[Any, None]:
-    """Tune alone: the tiny space's shape as a Tune param space, Ray's ASHA, no callbacks."""
+def tune_side(settings: Any, in_order: bool = True) -> tuple[Any, None]:
+    """Tune alone: the tiny space's shape as a Tune param space, Ray's ASHA (choosing no trial
+    to run when `in_order`), no callbacks."""
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
 
+    from launch.scheduler import InOrderScheduler
     from search_spaces.tiny import SHAPES
+
+    class InOrderASHA(ASHAScheduler):
+        choose_trial_to_run = InOrderScheduler.choose_trial_to_run
 
     tune_config, run_config = tune_configs(settings)
     space = {
@@ -261,7 +276,7 @@ def tune_side(settings: Any) -> tuple[Any, None]:
         "block_size": 32,
         "warmup_steps": 0,
     }
-    scheduler = ASHAScheduler(
+    scheduler = (InOrderASHA if in_order else ASHAScheduler)(
         time_attr="step",
         metric="val_loss",
         mode="min",
@@ -325,7 +340,10 @@ def pico_side(settings: Any) -> tuple[Any, Any]:
 def run_side(side: str, args: Any, n_trials: int, folder: Path, label: str) -> dict[str, Any]:
     """One run of `side` with `n_trials` trials; its measurements."""
     settings = bench_settings(args, n_trials, folder, f"{side}-{n_trials}-{label}")
-    tuner, pico = (tune_side if side == "tune" else pico_side)(settings)
+    if side == "pico":
+        tuner, pico = pico_side(settings)
+    else:
+        tuner, pico = tune_side(settings, in_order=side == "tune")
     watcher = Progress(f"{side} {n_trials} trials", Path(settings.experiment_path))
     LAYER_SECONDS.update(dict.fromkeys(LAYER_SECONDS, 0.0))
     cpu_before = driver_cpu_s()
@@ -416,13 +434,13 @@ def show(value: float, low: float, high: float, fmt: str) -> str:
 def summarize(args: Any, runs: list[dict[str, Any]]) -> float:
     """Print the table and the headlines; returns the pico side's overhead."""
     print(
-        f"{'side':5s} {'trials':>6s} {'results':>7s} {'results/s':>11s} {'us/result':>22s} "
+        f"{'side':12s} {'trials':>6s} {'results':>7s} {'results/s':>11s} {'us/result':>22s} "
         f"{'report-wait share':>19s} {'ms/report':>19s} {'driver CPU ms/result':>21s} "
         f"{'setup+end s':>11s} {'study flush s':>13s} {'last write s':>12s}"
     )
     cost: dict[tuple[str, int], float] = {}
     for n in args.sizes:
-        for side in SIDES:
+        for side in args.sides:
             rows = [r for r in runs if r["side"] == side and r["trials"] == n]
             rate = median_spread([r["results_per_s"] for r in rows])
             us = median_spread([r["us_per_result"] for r in rows])
@@ -434,7 +452,7 @@ def summarize(args: Any, runs: list[dict[str, Any]]) -> float:
             write = statistics.median(r["final_write_s"] for r in rows)
             cost[side, n] = us[0]
             print(
-                f"{side:5s} {n:6d} {statistics.median(r['results'] for r in rows):7.0f} "
+                f"{side:12s} {n:6d} {statistics.median(r['results'] for r in rows):7.0f} "
                 f"{show(*rate, '.0f'):>11s} {show(*us, '.0f'):>22s} {show(*share, '.3f'):>19s} "
                 f"{show(*wait, '.1f'):>19s} {show(*cpu, '.1f'):>21s} {fixed:11.1f} {flush:13.2f} "
                 f"{write:12.2f}"
@@ -468,10 +486,9 @@ def summarize(args: Any, runs: list[dict[str, Any]]) -> float:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    from launch.experiment import TUNE_ENVIRONMENT
+    from launch.experiment import configure_tune
 
-    for key, value in TUNE_ENVIRONMENT.items():  # both sides run Tune as Pico runs it
-        os.environ.setdefault(key, value)
+    configure_tune()  # both sides run Tune as Pico runs it
     import ray
 
     time_components()
@@ -484,7 +501,8 @@ def main(argv: list[str] | None = None) -> int:
         with tempfile.TemporaryDirectory(prefix="pico-driver-") as tmp:
             for n in args.sizes:
                 for i in range(args.rounds[n]):
-                    order = SIDES if i % 2 == 0 else SIDES[::-1]  # alternate who goes first
+                    # Alternate who goes first.
+                    order = args.sides if i % 2 == 0 else args.sides[::-1]
                     for side in order:
                         run = run_side(side, args, n, Path(tmp), f"r{i}")
                         runs.append({**run, "round": i})

@@ -49,9 +49,11 @@ MANIFEST_FORMAT = 1
 TUNE_ENVIRONMENT = {
     # Tune's classic live table, with the columns above, rather than a config box per trial.
     "RAY_AIR_NEW_OUTPUT": "0",
-    # No JSON, CSV and TensorBoard logs of every result in Tune's scratch folder, a file write
-    # per result each: Pico's record of a trial is its folder and the study, and the scratch
-    # folder is removed at exit.
+    # Tune's own records go to a scratch folder that is never read and is removed at exit
+    # (docs/design.md): Pico's record of a trial is its folder and the study. So no JSON, CSV
+    # and TensorBoard logs of every result, a file write per result each. (Tune's experiment
+    # state is still saved as Tune decides, at most a twentieth of the driver's time: its sync
+    # is what brings a failed trial's error message to where Tune reads it.)
     "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "1",
 }
 
@@ -293,8 +295,7 @@ def make_tuner(
 
     from launch.scheduler import InOrderScheduler
 
-    for key, value in TUNE_ENVIRONMENT.items():
-        os.environ.setdefault(key, value)
+    configure_tune()
     shared = {
         "experiment": settings.experiment_path,
         "data_dir": str(Path(data.path).resolve()),
@@ -331,6 +332,15 @@ def make_tuner(
             verbose=verbosity,
         ),
     )
+
+
+def configure_tune() -> None:
+    """Run Tune as Pico runs it: TUNE_ENVIRONMENT, and quiet about the logs turned off there.
+    Tune builds a ResultGrid at the end of `fit`, which Pico never reads; it looks for every
+    trial's JSON and CSV logs and warns once per trial when they are missing."""
+    for key, value in TUNE_ENVIRONMENT.items():
+        os.environ.setdefault(key, value)
+    logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)
 
 
 def scratch_folder() -> str:

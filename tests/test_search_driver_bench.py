@@ -1,4 +1,4 @@
-"""benchmarks/search_driver.py at a tiny size: it runs both sides and prints its figures."""
+"""benchmarks/search_driver.py at a tiny size: it runs its sides and prints its figures."""
 
 from __future__ import annotations
 
@@ -11,11 +11,11 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 
 
-def test_search_driver_benchmark_prints_both_sides(tmp_path):
+def test_search_driver_benchmark_prints_every_side(tmp_path):
     env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
     env.pop("RAY_ADDRESS", None)
     command = [sys.executable, str(REPO / "benchmarks" / "search_driver.py")]
-    command += ["--trials", "3,6", "--repeats", "1", "--evals", "2"]
+    command += ["--trials", "3,6", "--repeats", "1", "--evals", "2", "--with-tune-default"]
     out = subprocess.run(
         command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
     )
@@ -23,10 +23,11 @@ def test_search_driver_benchmark_prints_both_sides(tmp_path):
     lines = out.stdout.strip().splitlines()
     rows = {
         (m[1], int(m[2])): int(m[3])
-        for m in (re.match(r"(tune|pico)\s+(\d+)\s+(\d+)\s", line) for line in lines)
+        for m in (re.match(r"(tune|pico|tune-default)\s+(\d+)\s+(\d+)\s", line) for line in lines)
         if m
     }
-    assert set(rows) == {(side, n) for side in ("tune", "pico") for n in (3, 6)}
+    sides = ("tune", "pico", "tune-default")
+    assert set(rows) == {(side, n) for side in sides for n in (3, 6)}
     for (_, n), results in rows.items():
         assert n <= results <= 2 * n  # at least one result per trial, at most --evals
     assert any(line.startswith("pico layer at 6 trials, us per result: searcher") for line in lines)
