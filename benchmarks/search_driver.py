@@ -397,8 +397,9 @@ def driver_cpu_s() -> float:
 
 
 class Progress:
-    """Prints, every minute of a long run, how many trials have reported so far (the trial
-    folders Tune's loggers have made): a thread, so that neither side carries a callback."""
+    """Prints, every minute of a long run, how many trial folders Tune has made so far (it makes
+    them in bursts, when it saves its experiment state, so the count lags the trials that have
+    reported): a thread, so that neither side carries a callback."""
 
     def __init__(self, what: str, folder: Path):
         self.what, self.folder = what, folder
@@ -414,7 +415,7 @@ class Progress:
             except OSError:
                 seen = 0
             elapsed = time.perf_counter() - self.start
-            print(f"  ... {self.what}: {seen} have reported, {elapsed:.0f} s", flush=True)
+            print(f"  ... {self.what}: {seen} trial folders, {elapsed:.0f} s", flush=True)
 
     def stop(self) -> None:
         self._stop.set()
