@@ -36,7 +36,7 @@ from launch.live import optuna_dashboard, watch_lines
 from launch.results import ResultsTable
 from launch.settings import ASHA_METRIC, SearchSettings, check_inputs
 from launch.study import CONFIRM, SEARCH, SearchStudy, redact, trial_id_of, without_password
-from launch.trainable import SETTINGS_KEY, train_trial, trial_config
+from launch.trainable import SETTINGS_KEY, train_trial
 from pico.errors import PicoError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -426,7 +426,7 @@ class TrialNamer:
     one in the results file and the study."""
 
     def __call__(self, trial: Any) -> str:
-        return f"{trial_config(trial.config).arch}_{trial.config[SETTINGS_KEY]['trial_id']}"
+        return f"{trial.config['arch']}_{trial.config[SETTINGS_KEY]['trial_id']}"
 
 
 def make_searcher(

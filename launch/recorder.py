@@ -19,7 +19,7 @@ from ray.tune.experiment import Trial
 from launch import status
 from launch.export import ResultsWriter, apply_study_state
 from launch.study import ERROR_ATTR, RETRIES_ATTR, SearchStudy, number_of
-from launch.trainable import SETTINGS_KEY, pico_trial_id, trial_config
+from launch.trainable import SETTINGS_KEY, pico_trial_id
 
 
 class Recorder(Callback):
@@ -63,9 +63,8 @@ class Recorder(Callback):
     def _end(self, trial: Trial, result: dict[str, Any] | None, error: str | None = None):
         """Tell the study how the trial ended, once."""
         trial_id = pico_trial_id(trial.config)
-        outcome = (
-            status.ERRORED if error else status.ending(result, trial_config(trial.config).max_steps)
-        )
+        # A trial's config is a whole TrainConfig dict (launch/searcher.py).
+        outcome = status.ERRORED if error else status.ending(result, trial.config["max_steps"])
         values = None
         if outcome == status.COMPLETED:
             values = [result.get(name) for name in self.metrics]

@@ -87,7 +87,7 @@ def test_a_rewound_trial_replaces_its_later_rows():
     assert sorted(record.evals) == [10, 20] and record.evals[20]["val_loss"] == 9.0
 
 
-def test_a_changed_trial_is_encoded_again_and_the_others_are_not(tmp_path):
+def test_a_changed_trial_shows_in_the_next_encoding(tmp_path):
     table = make_table()
     first = table.to_arrow()
     table.trial("t2").add_eval(metrics(20))  # `trial` marks it changed
@@ -100,9 +100,9 @@ def test_a_changed_trial_is_encoded_again_and_the_others_are_not(tmp_path):
 
 
 def test_blocks_of_trials_give_the_rows_a_fresh_table_would(tmp_path):
-    """Trials are kept combined in blocks (ids that differ in their last two characters): a
-    change to one trial, or a new trial joining a block, shows in the next encoding as it
-    would in a table built from scratch."""
+    """Trials are encoded in blocks (ids that differ in their last two characters): a change to
+    one trial, or a new trial joining a block, shows in the next encoding as it would in a table
+    built from scratch, and a block whose trials did not change is reused, not encoded again."""
 
     def filled(n_trials: int, changed: dict[str, float]) -> ResultsTable:
         table = ResultsTable("exp", {})
@@ -120,6 +120,12 @@ def test_blocks_of_trials_give_the_rows_a_fresh_table_would(tmp_path):
     after = live.to_arrow()
     assert after.equals(filled(251, {"00120": 5.0}).to_arrow())
     assert not after.equals(before) and after.num_rows == before.num_rows + 1
+
+    def addresses(table):  # where each block's step values lie in memory
+        return [chunk.buffers()[1].address for chunk in table.column("step").chunks]
+
+    assert addresses(after)[0] == addresses(before)[0]  # block 000.. unchanged: the same data
+    assert addresses(after)[1:] != addresses(before)[1:]
 
 
 def test_load_trial_config_round_trip(tmp_path):
