@@ -6,7 +6,7 @@ nothing of Ray or Optuna. The trials whose ids differ only in their last two cha
 block, encoded in one go and kept until one of its trials changes: a write during a search
 encodes the blocks of the trials that changed since the last one, and reuses the rest (a
 hundredth as many blocks as trials). Arrow encodes a block of a hundred trials in about the time
-it takes to encode two of them one by one.
+it takes to encode five of them one by one.
 `load_trial_config` reads a trial's config back.
 """
 
