@@ -74,7 +74,8 @@ def apply_study_state(record: Any, attrs: dict[str, Any], outcome: str, mileston
     record.status = outcome
     record.error = attrs.get(ERROR_ATTR)
     record.retries = attrs.get(RETRIES_ATTR, 0)
-    record.rung = sum(1 for m in milestones if record.last_step >= m)
+    last_step = record.last_step
+    record.rung = sum(1 for m in milestones if last_step >= m)
 
 
 def write_results(data: pa.Table, path: str) -> None:

@@ -19,20 +19,21 @@ the manifest keeps the URL without it, so that a resume takes the password from 
 database client looks for it (`PGPASSWORD`, `~/.pgpass`) or from `--optuna-storage` given again.
 
 The driver's writes during a search (each result's intermediate value, ASHA's rung records,
-retries, each trial's ending) are applied in order by a thread of their own, so that Tune's loop,
-which the trials wait on, never waits for the storage: `ask` and every read first wait for the
-writes before them. A driver killed outright loses the writes not yet applied (milliseconds'
-worth); what they said is in the trial folders (launch/storage.py), and the trials they would have
-ended are continued from their last checkpoint by `--resume`.
+retries, each trial's ending) are made in order by a thread of their own, a fifth of a second's
+worth at a time, so that Tune's loop, which the trials wait on, never waits for the storage:
+`ask` and every read first wait for the writes before them. A driver killed outright loses the
+writes not yet made (under half a second's worth); what they said is in the trial folders
+(launch/storage.py), and the trials they would have ended are continued from their last
+checkpoint by `--resume`.
 """
 
 from __future__ import annotations
 
 import math
-import queue
 import threading
 import time
 import warnings
+from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future
 from pathlib import Path
@@ -46,6 +47,7 @@ from launch.journal import BufferedJournal
 from pico.errors import PicoError
 
 STUDY_FILE = "study.journal"
+WRITE_BATCH_S = 0.2  # the longest a write given to the write thread waits to be made
 JOURNAL_BATCH_S = 0.2  # the longest a change the write thread made waits for the journal's file
 LEGACY_STUDY_FILE = "study.db"
 SETTINGS_ATTR = "settings"
@@ -179,57 +181,67 @@ def _sync_less_often(engine: Any) -> None:
 class WriteBehind:
     """Runs writes in the order given, on a thread of its own (started at the first write).
 
-    `flush` waits until every write given so far is made. A write that fails fails every later
+    `submit` only appends a write to a list: the thread wakes every `WRITE_BATCH_S`, or when a
+    caller waits for it (`request`, `flush`, `close`), and makes every write given since, in
+    order. Waking it at each write, about three times per result, cost Tune's loop more than the
+    writes themselves (docs/benchmarks.md#search-driver). A write that fails fails every later
     call (PicoError naming it): the writes after it are not made, since they may depend on it.
     With a `journal`, the thread holds it while it writes, and appends what it holds at most
     `JOURNAL_BATCH_S` after the first change it kept (launch/journal.py), or at `flush`.
     """
 
     def __init__(self, journal: BufferedJournal | None = None) -> None:
-        self._queue: queue.Queue[tuple[Callable[[], Any], Future] | None] = queue.Queue()
+        # deque's append and popleft are atomic: the driver appends, the thread pops.
+        self._writes: deque[tuple[Callable[[], Any], Future | None]] = deque()
+        self._wake = threading.Event()
+        self._closing = False
         self._thread: threading.Thread | None = None
         self._failure: str | None = None
         self._journal = journal
 
-    def submit(self, write: Callable[[], Any]) -> Future:
-        """Queue `write`; the future holds what it returns once it has run."""
-        self._check()
-        if self._thread is None:
-            self._thread = threading.Thread(target=self._run, name="pico-study", daemon=True)
-            self._thread.start()
+    def submit(self, write: Callable[[], Any]) -> None:
+        """Give `write`, to be made within `WRITE_BATCH_S`."""
+        self._give(write, None)
+
+    def request(self, write: Callable[[], Any]) -> Future:
+        """Give `write` and wake the thread: the future holds what it returns once it has run."""
         future: Future = Future()
-        self._queue.put((write, future))
+        self._give(write, future)
+        self._wake.set()
         return future
 
+    def _give(self, write: Callable[[], Any], future: Future | None) -> None:
+        self._check()
+        if self._thread is None:
+            self._closing = False
+            self._thread = threading.Thread(target=self._run, name="pico-study", daemon=True)
+            self._thread.start()
+        self._writes.append((write, future))
+
     def result(self, future: Future) -> Any:
-        """What a queued write returned, once it has run."""
+        """What a requested write returned, once it has run."""
         value = future.result()  # None for a failed write: `_check` raises its error
         self._check()
         return value
 
     def _run(self) -> None:
-        append_by = None  # when the journal's batch must be appended
+        append_by = math.inf  # when the journal's batch must be appended
         while True:
-            wait = None if append_by is None else max(0.0, append_by - time.monotonic())
-            try:
-                item = self._queue.get(timeout=wait)
-            except queue.Empty:
-                item = ()
-            try:
-                if item is None:  # closing
-                    self._guarded(self._append_batch)
-                    return
-                if item:
-                    write, future = item
-                    future.set_result(self._guarded(write))
-                if self._journal is not None and self._journal.pending and append_by is None:
-                    append_by = time.monotonic() + JOURNAL_BATCH_S
-                if append_by is not None and time.monotonic() >= append_by:
-                    self._guarded(self._append_batch)
-                    append_by = None
-            finally:
-                if item != ():
-                    self._queue.task_done()
+            self._wake.wait(timeout=max(0.0, min(WRITE_BATCH_S, append_by - time.monotonic())))
+            self._wake.clear()
+            closing = self._closing  # read before the last writes: none is given after it
+            while self._writes:
+                write, future = self._writes.popleft()
+                made = self._guarded(write)
+                if future is not None:
+                    future.set_result(made)
+            if self._journal is not None and self._journal.pending and append_by == math.inf:
+                append_by = time.monotonic() + JOURNAL_BATCH_S
+            if closing or time.monotonic() >= append_by:
+                self._guarded(self._append_batch)
+                append_by = math.inf
+            if closing:
+                return
 
     def _guarded(self, write: Callable[[], Any]) -> Any:
         """Make one write, holding the journal (nothing after a failure)."""
@@ -250,14 +262,17 @@ class WriteBehind:
 
     def flush(self) -> None:
         """Wait until the writes given so far are made, and in the storage's file."""
-        self._queue.join()
-        self._guarded(self._append_batch)
+        if self._thread is None:  # no write given since the last `close`
+            self._guarded(self._append_batch)
+        else:
+            self.result(self.request(self._append_batch))
         self._check()
 
     def close(self) -> None:
-        """Flush and stop the thread."""
+        """Make the writes given, append the journal's batch and stop the thread."""
         if self._thread is not None:
-            self._queue.put(None)
+            self._closing = True
+            self._wake.set()
             self._thread.join()
             self._thread = None
         self._check()
@@ -457,7 +472,7 @@ class SearchStudy:
         """`ask`, made behind like the writes (after those given before it, not waiting for
         them): the future holds its (number, config), for `take`. For what does not read the
         results told so far: the random sampler, a plan."""
-        return self._writes.submit(lambda: self._ask(make_config, confirms, reads_trials=False))
+        return self._writes.request(lambda: self._ask(make_config, confirms, reads_trials=False))
 
     def take(self, asked: Future) -> tuple[int, dict]:
         """The (number, config) of a trial asked with `ask_behind`, once it is in the study."""

@@ -53,7 +53,7 @@ def test_a_failed_write_fails_every_later_call_and_stops_the_writes_after_it():
     writes.submit(lambda: done.append(1))
     writes.submit(lambda: 1 / 0)
     writes.submit(lambda: done.append(2))
-    later = writes.submit(lambda: done.append(3))
+    later = writes.request(lambda: done.append(3))
     with pytest.raises(PicoError, match=r"could not write the Optuna study: ZeroDivisionError"):
         writes.flush()
     with pytest.raises(PicoError, match="ZeroDivisionError"):
