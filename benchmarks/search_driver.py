@@ -40,7 +40,9 @@ its threads, over the whole fit) per result, and for the pico side the seconds t
 writes took to finish after Tune returned. The sides alternate, round by round. Headlines:
 `per_result_cost_ratio_<largest>_vs_<smallest>` (pico side: the goal is flat, at most 1.5) and
 the pico side's extra cost per result over the tune side at the largest size (goal: at most
-0.10), medians over rounds with their spread; and where the pico side's time goes (clocks around
+0.10), medians over rounds with their spread. The extra cost is printed at every size, each
+round's pico run against its tune run, in the window's time per result and in the driver's CPU
+time per result, which the machine's other work disturbs less; and where the pico side's time goes (clocks around
 the methods of Pico's searcher, ASHA, recorder, study and results writer; the study's write
 thread is in the driver CPU column only). Last line: `search_driver_pico_overhead: <fraction>`.
 Figures: docs/benchmarks.md#search-driver.
@@ -476,18 +478,26 @@ def summarize(args: Any, runs: list[dict[str, Any]]) -> float:
         f"per_result_cost_ratio_{large}_vs_{small}: {cost['pico', large] / cost['pico', small]:.2f}"
         f" (tune side: {cost['tune', large] / cost['tune', small]:.2f}; goal: at most 1.5)"
     )
-    # The overhead of each round (its two runs at the largest size), then their median.
-    pairs = {}
+    # Each round's overhead (its pico run against its tune run), then their median: in the
+    # window's time per result (the headline, at the largest size), and in the driver's CPU
+    # time per result, which the machine's other work disturbs less.
+    for n in args.sizes:
+        wall = median_spread(round_overheads(runs, n, "us_per_result"))
+        cpu = median_spread(round_overheads(runs, n, "cpu_ms_per_result"))
+        print(
+            f"pico overhead per result at {n} trials over {args.rounds[n]} round(s): "
+            f"{show(*wall, '.3f')}; in driver CPU {show(*cpu, '.3f')} (goal: at most 0.10)"
+        )
+    return median_spread(round_overheads(runs, large, "us_per_result"))[0]
+
+
+def round_overheads(runs: list[dict[str, Any]], n_trials: int, key: str) -> list[float]:
+    """pico / tune - 1 in `key`, for each round at `n_trials`."""
+    rounds: dict[int, dict[str, float]] = {}
     for r in runs:
-        if r["trials"] == large:
-            pairs.setdefault(r["round"], {})[r["side"]] = r["us_per_result"]
-    overheads = [p["pico"] / p["tune"] - 1 for p in pairs.values()]
-    overhead, low, high = median_spread(overheads)
-    print(
-        f"pico overhead per result at {large} trials: {show(overhead, low, high, '.3f')} over "
-        f"{len(overheads)} round(s) (goal: at most 0.10)"
-    )
-    return overhead
+        if r["trials"] == n_trials:
+            rounds.setdefault(r["round"], {})[r["side"]] = r[key]
+    return [sides["pico"] / sides["tune"] - 1 for sides in rounds.values()]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -515,7 +525,8 @@ def main(argv: list[str] | None = None) -> int:
                         print(
                             f"{n} trials, round {i + 1}, {side}: {run['results']} results in "
                             f"{run['window_s']:.1f} s ({run['us_per_result']:.0f} us each, "
-                            f"{run['fit_s']:.1f} s in fit)",
+                            f"{run['fit_s']:.1f} s in fit, driver CPU "
+                            f"{run['cpu_ms_per_result']:.2f} ms per result)",
                             flush=True,
                         )
     finally:

@@ -32,6 +32,10 @@ def test_search_driver_benchmark_prints_every_side(tmp_path):
         assert n <= results <= 2 * n  # at least one result per trial, at most --evals
     assert any(line.startswith("pico layer at 6 trials, us per result: searcher") for line in lines)
     assert any(line.startswith("per_result_cost_ratio_6_vs_3: ") for line in lines)
+    for n in (3, 6):
+        overhead = rf"pico overhead per result at {n} trials over 1 round\(s\): -?\d+\.\d{{3}}; "
+        overhead += r"in driver CPU -?\d+\.\d{3} \(goal: at most 0\.10\)"
+        assert any(re.fullmatch(overhead, line) for line in lines), lines
     assert re.fullmatch(r"search_driver_pico_overhead: -?\d+\.\d{3}", lines[-1])
     assert not list(tmp_path.iterdir())  # nothing left behind where it ran
 
