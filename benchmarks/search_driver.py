@@ -33,23 +33,27 @@ what the disk's fsyncs cost.
 Per side and number of trials it prints: results per second and microseconds per result over the
 window from the first trial's start to the last result (Ray's and Tune's setup, and the
 ResultGrid Tune builds at the end, are outside it and printed apart; so is collecting the
-garbage of the earlier runs, done ahead of each run), the share of trial time
-spent blocked in `tune.report` (each trial's time up to its last report, that report's own wait
-being unknowable to a result), the mean wait of one report, the driver process's CPU time (all
-its threads, over the whole fit) per result, and for the pico side the seconds the study's queued
-writes took to finish after Tune returned. The sides alternate, round by round. Headlines:
+garbage of the earlier runs, done ahead of each run), the share of trial time spent blocked in
+`tune.report` (each trial's time up to its last report, that report's own wait being unknowable
+to a result), the mean wait of one report, the driver process's CPU time (all its threads) per
+result within the window (sampled every 20 ms by a thread beside the fit, read off between the
+samples), and for the pico side the seconds the study's queued writes took to finish after Tune
+returned. Each round's line adds the driver's CPU per result over the whole fit, setup and end
+included. The sides alternate, round by round. Headlines:
 `per_result_cost_ratio_<largest>_vs_<smallest>` (pico side: the goal is flat, at most 1.5) and
 the pico side's extra cost per result over the tune side at the largest size (goal: at most
 0.10), medians over rounds with their spread. The extra cost is printed at every size, each
 round's pico run against its tune run, in the window's time per result and in the driver's CPU
-time per result, which the machine's other work disturbs less; and where the pico side's time goes (clocks around
-the methods of Pico's searcher, ASHA, recorder, study and results writer; the study's write
-thread is in the driver CPU column only). Last line: `search_driver_pico_overhead: <fraction>`.
+time per result within the window, which the machine's other work disturbs less. Where the pico
+side's time goes: clocks around the methods of Pico's searcher, ASHA, recorder, study and
+results writer (the study's write thread is in the driver CPU column only). Last line:
+`search_driver_pico_overhead: <fraction>`.
 Figures: docs/benchmarks.md#search-driver.
 """
 
 from __future__ import annotations
 
+import bisect
 import functools
 import gc
 import importlib
@@ -75,6 +79,7 @@ from pico.errors import ArgumentParser, PicoError, run_cli
 SIDES = ("tune", "pico")
 EVAL_INTERVAL = 10
 PROGRESS_EVERY_S = 60.0
+CPU_SAMPLE_S = 0.02
 # Pico's layer by component: the seconds spent inside these methods, per pico run. The study's
 # methods run inside the other three, and are counted in their caller's time too; the writer
 # runs in a thread of its own.
@@ -348,7 +353,7 @@ def run_side(side: str, args: Any, n_trials: int, folder: Path, label: str) -> d
         tuner, pico = pico_side(settings)
     else:
         tuner, pico = tune_side(settings, in_order=side == "tune")
-    watcher = Progress(f"{side} {n_trials} trials", Path(settings.experiment_path))
+    watch = Watch(f"{side} {n_trials} trials", Path(settings.experiment_path))
     LAYER_SECONDS.update(dict.fromkeys(LAYER_SECONDS, 0.0))
     # Every side runs in this one process: collect the earlier runs' garbage now, so that no
     # run's window pays for another's (full collections of it paused runs by 2.7 s).
@@ -359,7 +364,7 @@ def run_side(side: str, args: Any, n_trials: int, folder: Path, label: str) -> d
         grid = tuner.fit()
         fit_s = time.perf_counter() - start
     finally:
-        watcher.stop()
+        watch.stop()
     final_write_s = flush_s = 0.0
     if pico is not None:
         study, writer = pico
@@ -377,7 +382,8 @@ def run_side(side: str, args: Any, n_trials: int, folder: Path, label: str) -> d
         raise RuntimeError(f"{side}: {errors} of {len(lasts)} trials failed")
     cpu_s = driver_cpu_s() - cpu_before
     results = sum(m["training_iteration"] for m in lasts)
-    window = max(m["reported_at"] for m in lasts) - min(m["started_at"] for m in lasts)
+    first, last = min(m["started_at"] for m in lasts), max(m["reported_at"] for m in lasts)
+    window = last - first
     waits = sum(m["report_wait_s"] for m in lasts)
     return {
         "side": side,
@@ -387,7 +393,8 @@ def run_side(side: str, args: Any, n_trials: int, folder: Path, label: str) -> d
         "fit_s": fit_s,
         "final_write_s": final_write_s,
         "flush_s": flush_s,
-        "cpu_ms_per_result": 1000 * cpu_s / results,
+        "cpu_ms_per_result": 1000 * watch.cpu_between(first, last) / results,
+        "fit_cpu_ms_per_result": 1000 * cpu_s / results,
         "results_per_s": results / window,
         "us_per_result": 1e6 * window / results,
         "report_wait_share": waits / sum(m["trial_s"] for m in lasts),
@@ -403,30 +410,52 @@ def driver_cpu_s() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-class Progress:
-    """Prints, every minute of a long run, how many trial folders Tune has made so far (it makes
+class Watch:
+    """A thread beside a run's `fit`: it samples the driver's CPU time every `CPU_SAMPLE_S`, so
+    that the CPU used within the run's window can be read off afterwards (`cpu_between`), and
+    prints, every minute of a long run, how many trial folders Tune has made so far (it makes
     them in bursts, when it saves its experiment state, so the count lags the trials that have
-    reported): a thread, so that neither side carries a callback."""
+    reported). A thread, so that neither side carries a callback."""
 
     def __init__(self, what: str, folder: Path):
         self.what, self.folder = what, folder
         self.start = time.perf_counter()
+        self.samples = [(time.time(), driver_cpu_s())]  # (wall-clock time, CPU seconds)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
 
     def _run(self) -> None:
-        while not self._stop.wait(PROGRESS_EVERY_S):
-            try:
-                seen = sum(1 for entry in os.scandir(self.folder) if entry.is_dir())
-            except OSError:
-                seen = 0
-            elapsed = time.perf_counter() - self.start
-            print(f"  ... {self.what}: {seen} trial folders, {elapsed:.0f} s", flush=True)
+        print_at = self.start + PROGRESS_EVERY_S
+        while not self._stop.wait(CPU_SAMPLE_S):
+            self.samples.append((time.time(), driver_cpu_s()))
+            if time.perf_counter() >= print_at:
+                print_at += PROGRESS_EVERY_S
+                self._print_progress()
+
+    def _print_progress(self) -> None:
+        try:
+            seen = sum(1 for entry in os.scandir(self.folder) if entry.is_dir())
+        except OSError:
+            seen = 0
+        elapsed = time.perf_counter() - self.start
+        print(f"  ... {self.what}: {seen} trial folders, {elapsed:.0f} s", flush=True)
 
     def stop(self) -> None:
         self._stop.set()
         self._thread.join()
+        self.samples.append((time.time(), driver_cpu_s()))
+
+    def cpu_between(self, start: float, end: float) -> float:
+        """CPU seconds the driver used between wall-clock times `start` and `end`, each read
+        off the samples around it by linear interpolation."""
+        return self._cpu_at(end) - self._cpu_at(start)
+
+    def _cpu_at(self, when: float) -> float:
+        times = [t for t, _ in self.samples]
+        after = min(max(bisect.bisect_left(times, when), 1), len(times) - 1)
+        (t0, cpu0), (t1, cpu1) = self.samples[after - 1], self.samples[after]
+        return cpu1 if t1 == t0 else cpu0 + (cpu1 - cpu0) * (when - t0) / (t1 - t0)
 
 
 def median_spread(values: list[float]) -> tuple[float, float, float]:
@@ -525,8 +554,9 @@ def main(argv: list[str] | None = None) -> int:
                         print(
                             f"{n} trials, round {i + 1}, {side}: {run['results']} results in "
                             f"{run['window_s']:.1f} s ({run['us_per_result']:.0f} us each, "
-                            f"{run['fit_s']:.1f} s in fit, driver CPU "
-                            f"{run['cpu_ms_per_result']:.2f} ms per result)",
+                            f"{run['fit_s']:.1f} s in fit; driver CPU per result "
+                            f"{run['cpu_ms_per_result']:.2f} ms in the window, "
+                            f"{run['fit_cpu_ms_per_result']:.2f} ms over the fit)",
                             flush=True,
                         )
     finally:
