@@ -262,9 +262,7 @@ class WriteBehind:
 
     def flush(self) -> None:
         """Wait until the writes given so far are made, and in the storage's file."""
-        if self._thread is None:  # no write given since the last `close`
-            self._guarded(self._append_batch)
-        else:
+        if self._thread is not None:  # else nothing was given since the last `close`
             self.result(self.request(self._append_batch))
         self._check()
 
