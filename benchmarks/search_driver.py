@@ -510,14 +510,16 @@ def summarize(args: Any, runs: list[dict[str, Any]]) -> float:
     # Each round's overhead (its pico run against its tune run), then their median: in the
     # window's time per result (the headline, at the largest size), and in the driver's CPU
     # time per result, which the machine's other work disturbs less.
+    overheads = {}
     for n in args.sizes:
         wall = median_spread(round_overheads(runs, n, "us_per_result"))
         cpu = median_spread(round_overheads(runs, n, "cpu_ms_per_result"))
+        overheads[n] = wall[0]
         print(
             f"pico overhead per result at {n} trials over {args.rounds[n]} round(s): "
             f"{show(*wall, '.3f')}; in driver CPU {show(*cpu, '.3f')} (goal: at most 0.10)"
         )
-    return median_spread(round_overheads(runs, large, "us_per_result"))[0]
+    return overheads[large]
 
 
 def round_overheads(runs: list[dict[str, Any]], n_trials: int, key: str) -> list[float]:
